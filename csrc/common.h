@@ -1,0 +1,67 @@
+// pykernels C++ core: shared declarations for every CPU kernel.
+//
+// Nothing here knows about torch: kernels take raw pointers, sizes and strides (in elements).
+// Kernel files (gemm.cpp, peak.cpp, ...) are compiled once per ISA (AVX-512, AVX2, generic) into
+// separate namespaces pk::avx512, pk::avx2, pk::generic; bindings.cpp picks one at import.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+
+namespace pk {
+
+enum class Act : int { None = 0, Relu = 1, Gelu = 2, Tanh = 3, Sigmoid = 4 };
+
+// One batched GEMM with a fused epilogue:
+//   z[b] = a[b] @ b[b] (+ c[b] if accumulate) (+ bias),  c[b] = act(z[b]),  preact[b] = z[b] if given.
+// a [batch, M, K], b [batch, K, N], c/preact [batch, M, N]; any strides (0 = broadcast batch).
+// bias is indexed along N when bias_dim == 1 (Linear) and along M when bias_dim == 0 (conv).
+template <typename T>
+struct GemmArgs {
+  int64_t batch, M, N, K;
+  const T* a; int64_t sa_b, sa_m, sa_k;
+  const T* b; int64_t sb_b, sb_k, sb_n;
+  T* c; int64_t sc_b, sc_m, sc_n;
+  const T* bias; int64_t s_bias; int bias_dim;
+  Act act;
+  T* preact; int64_t sp_b, sp_m, sp_n;
+  bool accumulate;
+};
+
+// Backward of the fused epilogue on a 2-D [M, N] problem:
+//   dz = dy * act'(saved)   (saved = y for none/relu/tanh/sigmoid, the pre-activation z for gelu)
+//   dbias[n] = sum_m dz[m, n]   (when dbias != nullptr)
+template <typename T>
+struct EpilogueBwdArgs {
+  int64_t M, N;
+  const T* dy; int64_t sdy_m, sdy_n;
+  const T* saved; int64_t ss_m, ss_n;
+  Act act;
+  T* dz; int64_t sdz_m, sdz_n;
+  T* dbias; int64_t s_dbias;
+};
+
+// ---- thread pool (threadpool.cpp) ---------------------------------------------------------
+// A small persistent pool, separate from torch's OpenMP runtime: workers spin briefly after a
+// job and then sleep, so they do not hold a core while torch's own threads work.
+int num_threads();
+void set_num_threads(int n);
+// Runs fn(task, thread) for task in [0, n_tasks); thread in [0, num_threads()).
+// Reentrant: if another Python thread is using the pool, the caller runs every task itself.
+void parallel_for(int64_t n_tasks, const std::function<void(int64_t, int)>& fn);
+
+// ---- per-ISA entry points (gemm.cpp, peak.cpp compiled three times) -------------------------
+#define PK_DECLARE_ISA(NS)                                               \
+  namespace NS {                                                         \
+  void gemm_forward(const GemmArgs<float>& args);                        \
+  void gemm_forward(const GemmArgs<double>& args);                       \
+  void gemm_backward(const EpilogueBwdArgs<float>& args);                \
+  void gemm_backward(const EpilogueBwdArgs<double>& args);               \
+  double fma_peak_gflops(int threads, bool fp64);                        \
+  }
+
+PK_DECLARE_ISA(avx512)
+PK_DECLARE_ISA(avx2)
+PK_DECLARE_ISA(generic)
+
+}  // namespace pk

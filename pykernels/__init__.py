@@ -1,0 +1,47 @@
+"""pykernels: hand-written GEMM, conv2d, pooling, attention and RNN kernels for PyTorch.
+
+Triton kernels on NVIDIA GPUs, C++ kernels (AVX-512 / AVX2 / generic, chosen at import) on the
+CPU, both under one autograd-registered torch.library op per operation.
+
+    import pykernels
+    y = pykernels.ops.linear(x, w, b, activation="relu")
+    layer = pykernels.nn.Linear(784, 128)          # a torch.nn.Linear with faster kernels
+    with pykernels.backend("reference"): ...        # the float64 NumPy oracle instead
+"""
+from __future__ import annotations
+
+__version__ = "0.1.0"
+
+import torch as _torch
+
+from . import _C
+from ._backend import backend, current_backend
+
+
+def set_num_threads(n: int) -> None:
+    """Threads used by the C++ kernels (pykernels' own pool, independent of torch's OpenMP).
+
+    Raises:
+        ValueError: ``n`` is not a positive integer.
+    """
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise ValueError(f"set_num_threads: n must be a positive int, got {n!r}")
+    _C.set_num_threads(n)
+
+
+def get_num_threads() -> int:
+    """Threads used by the C++ kernels (default: torch.get_num_threads() at import)."""
+    return _C.get_num_threads()
+
+
+def isa() -> str:
+    """The SIMD path of the C++ kernels chosen at import: "avx512", "avx2" or "generic"."""
+    return _C.isa()
+
+
+_C.set_num_threads(max(1, _torch.get_num_threads()))
+
+from . import ops, nn, reference  # noqa: E402  (the ops need _C configured first)
+
+__all__ = ["ops", "nn", "reference", "backend", "current_backend", "set_num_threads",
+           "get_num_threads", "isa", "__version__"]
