@@ -81,6 +81,33 @@ class Launcher:
         raise NotImplementedError
 
 
+class CppLauncher(Launcher):
+    """pykernels._C on any buffer; subclasses say where a view's first element is."""
+
+    def ptr(self, v: View) -> int:
+        raise NotImplementedError
+
+    def is_fp64(self, v: View) -> bool:
+        raise NotImplementedError
+
+    def gemm3(self, a, b, c, bias, act, preact, accumulate):
+        from .. import _C
+        p = preact
+        _C.gemm_forward(
+            self.is_fp64(c), a.shape[0], a.shape[1], b.shape[2], a.shape[2],
+            self.ptr(a), *a.strides, self.ptr(b), *b.strides, self.ptr(c), *c.strides,
+            self.ptr(bias) if bias is not None else 0, bias.strides[0] if bias is not None else 0,
+            1, act, self.ptr(p) if p is not None else 0, *(p.strides if p is not None else (0, 0, 0)),
+            accumulate)
+
+    def epilogue_backward(self, dy, saved, act, dz, dbias):
+        from .. import _C
+        _C.gemm_backward(
+            self.is_fp64(dz), dz.shape[0], dz.shape[1], self.ptr(dy), *dy.strides,
+            self.ptr(saved), *saved.strides, act, self.ptr(dz), *dz.strides,
+            self.ptr(dbias) if dbias is not None else 0, dbias.strides[0] if dbias is not None else 0)
+
+
 def gemm(L: Launcher, a: View, b: View, c: View, bias: Optional[View] = None, act: int = 0,
          preact: Optional[View] = None, accumulate: bool = False) -> None:
     """c = act(a @ b (+ c) + bias) for views of equal batch shape [..., M, K] @ [..., K, N]."""

@@ -31,7 +31,6 @@ from typing import Optional, Tuple
 import torch
 from torch import Tensor
 
-from .. import _C
 from .._backend import resolve, triton_kernels
 from . import _strided as S
 from ._strided import View
@@ -45,29 +44,12 @@ def view(t: Tensor) -> View:
     return View(t, 0, tuple(t.shape), tuple(t.stride()))
 
 
-class _CppTorch(S.Launcher):
-    @staticmethod
-    def _ptr(v: View) -> int:
+class _CppTorch(S.CppLauncher):
+    def ptr(self, v: View) -> int:
         return v.base.data_ptr() + v.offset * v.base.element_size()
 
-    def gemm3(self, a, b, c, bias, act, preact, accumulate):
-        bt, m, k = a.shape
-        n = b.shape[2]
-        p = preact
-        _C.gemm_forward(
-            c.base.dtype == torch.float64, bt, m, n, k,
-            self._ptr(a), *a.strides, self._ptr(b), *b.strides, self._ptr(c), *c.strides,
-            self._ptr(bias) if bias is not None else 0, bias.strides[0] if bias is not None else 0,
-            1, act,
-            self._ptr(p) if p is not None else 0, *(p.strides if p is not None else (0, 0, 0)),
-            accumulate)
-
-    def epilogue_backward(self, dy, saved, act, dz, dbias):
-        m, n = dz.shape
-        _C.gemm_backward(
-            dz.base.dtype == torch.float64, m, n, self._ptr(dy), *dy.strides,
-            self._ptr(saved), *saved.strides, act, self._ptr(dz), *dz.strides,
-            self._ptr(dbias) if dbias is not None else 0, dbias.strides[0] if dbias is not None else 0)
+    def is_fp64(self, v: View) -> bool:
+        return v.base.dtype == torch.float64
 
 
 def _as_tensor(v: Optional[View]) -> Optional[Tensor]:
