@@ -17,9 +17,9 @@ Device dispatch: CPU tensors -> pykernels._C (C++), CUDA tensors -> pykernels.ke
 (Triton); ``pykernels.backend`` overrides it (see pykernels/_backend.py).
 
 Not supported (raises): integer or complex dtypes, float16/bfloat16 on the C++ backend, 0-D
-operands, double backward. Glue that is not a pykernels kernel, stated here so nobody is misled:
-on the Triton backend the gradient of a *broadcast* matmul operand is summed over the
-broadcast batch dims with torch's ``add_``.
+operands, double backward. The gradient of a *broadcast* matmul operand is summed over the
+broadcast dims by one GEMM with the batch folded into K when the layout allows, else by one
+accumulating GEMM call per batch entry (correct, but slow for many small batch entries).
 
 Test: pytest tests/test_gemm.py      Benchmark: python -m pykernels bench gemm
 """
@@ -31,6 +31,7 @@ from typing import Optional, Tuple
 import torch
 from torch import Tensor
 
+from .. import _C
 from .._backend import resolve, triton_kernels
 from . import _strided as S
 from ._strided import View
@@ -64,12 +65,9 @@ class _Triton(S.Launcher):
         self.k = triton_kernels("gemm")
 
     def gemm3(self, a, b, c, bias, act, preact, accumulate):
-        ct = _as_tensor(c)
-        target = torch.empty(ct.shape, dtype=ct.dtype, device=ct.device) if accumulate else ct
-        self.k.gemm_forward(_as_tensor(a), _as_tensor(b), target, bias=_as_tensor(bias),
-                            activation=S.ACTIVATION_NAMES[act], preact=_as_tensor(preact))
-        if accumulate:  # glue, documented in the module docstring
-            ct.add_(target)
+        self.k.gemm_forward(_as_tensor(a), _as_tensor(b), _as_tensor(c), bias=_as_tensor(bias),
+                            activation=S.ACTIVATION_NAMES[act], preact=_as_tensor(preact),
+                            accumulate=accumulate)
 
     def epilogue_backward(self, dy, saved, act, dz, dbias):
         self.k.gemm_backward(_as_tensor(dy), _as_tensor(saved), S.ACTIVATION_NAMES[act],
@@ -209,6 +207,15 @@ def _linear_op(x: Tensor, weight: Tensor, bias: Optional[Tensor], activation: in
         return out, pre
     out = x.new_empty(out_shape)
     pre = x.new_empty(out_shape) if save_preact else x.new_empty(0)
+    if backend == "cpp" and x.dim() == 2:  # the common case, straight to the kernel
+        (sxm, sxk), (swn, swk) = x.stride(), weight.stride()
+        n = weight.shape[0]
+        _C.gemm_forward(x.dtype == torch.float64, 1, x.shape[0], n, x.shape[1],
+                        x.data_ptr(), 0, sxm, sxk, weight.data_ptr(), 0, swk, swn,
+                        out.data_ptr(), 0, n, 1,
+                        0 if bias is None else bias.data_ptr(), 0 if bias is None else bias.stride(0),
+                        1, activation, pre.data_ptr() if save_preact else 0, 0, n, 1, False)
+        return out, pre
     linear_forward_views(_launcher(backend), view(x), view(weight),
                          None if bias is None else view(bias), activation, view(out),
                          view(pre) if save_preact else None)
@@ -254,15 +261,14 @@ def _linear_backward_op(grad: Tensor, x: Tensor, weight: Tensor, bias: Optional[
                           None if s2 is None else view(s2), activation, view(dz),
                           None if dx is None else view(_matrix(dx)),
                           None if dw is None else view(dw), None if db is None else view(db))
-    e = x.new_empty(0)
-    return (e if dx is None else dx, e if dw is None else dw, e if db is None else db)
+    return tuple(x.new_empty(0) if t is None else t for t in (dx, dw, db))
 
 
 @_linear_backward_op.register_fake
 def _(grad, x, weight, bias, saved, activation, need_x, need_w, need_b):
-    e = x.new_empty(0)
-    return (x.new_empty(x.shape) if need_x else e, weight.new_empty(weight.shape) if need_w else e,
-            weight.new_empty(weight.shape[0]) if need_b else e)
+    # a distinct empty tensor per absent gradient: outputs of a custom op may not alias
+    return (x.new_empty(x.shape if need_x else 0), weight.new_empty(weight.shape if need_w else 0),
+            weight.new_empty(weight.shape[0] if need_b else 0))
 
 
 def _linear_setup(ctx, inputs, output):
@@ -356,6 +362,12 @@ def _matmul_op(a: Tensor, b: Tensor) -> Tensor:
         from ..reference import gemm as ref
         return _from_np(ref.matmul_forward(_np64(a), _np64(b)), a)
     out = a.new_empty(_matmul_shape(a, b))
+    if backend == "cpp" and a.dim() == 2 and b.dim() == 2:  # straight to the kernel
+        (m, k), n = a.shape, b.shape[1]
+        _C.gemm_forward(a.dtype == torch.float64, 1, m, n, k, a.data_ptr(), 0, *a.stride(),
+                        b.data_ptr(), 0, *b.stride(), out.data_ptr(), 0, n, 1, 0, 0, 1, 0,
+                        0, 0, 0, 0, False)
+        return out
     matmul_forward_views(_launcher(backend), view(a), view(b), view(out))
     return out
 
@@ -382,14 +394,12 @@ def _matmul_backward_op(grad: Tensor, a: Tensor, b: Tensor, need_a: bool,
     db = b.new_empty(b.shape) if need_b else None
     matmul_backward_views(_launcher(backend), view(grad), view(a), view(b),
                           None if da is None else view(da), None if db is None else view(db), _zero)
-    e = a.new_empty(0)
-    return (e if da is None else da, e if db is None else db)
+    return tuple(a.new_empty(0) if t is None else t for t in (da, db))
 
 
 @_matmul_backward_op.register_fake
 def _(grad, a, b, need_a, need_b):
-    e = a.new_empty(0)
-    return (a.new_empty(a.shape) if need_a else e, b.new_empty(b.shape) if need_b else e)
+    return (a.new_empty(a.shape if need_a else 0), b.new_empty(b.shape if need_b else 0))
 
 
 def _matmul_setup(ctx, inputs, output):

