@@ -42,7 +42,7 @@ bench: $(VENV)/.built
 
 gpu-check: $(VENV)/.built
 	$(PY) -m pytest -q tests
-	$(PY) -m pykernels bench --json bench/results
+	$(PY) -m pykernels bench --device cuda
 
 clean:
 	rm -rf build $(VENV)

@@ -96,6 +96,9 @@ PYBIND11_MODULE(_C, m) {
     pk::set_num_threads(n);
   }, py::arg("n"));
   m.def("get_num_threads", &pk::num_threads);
+  m.def("attach_host_openmp", &pk::attach_host_openmp,
+        "Run parallel regions on the process's OpenMP runtime (torch's libgomp); False if absent.");
+  m.def("thread_backend", [] { return std::string(pk::thread_backend()); });
   m.def("fma_peak_gflops", [](int threads, const std::string& dtype) {
     if (dtype != "float32" && dtype != "float64")
       throw std::invalid_argument("dtype must be 'float32' or 'float64'");

@@ -41,11 +41,13 @@ struct EpilogueBwdArgs {
   T* dbias; int64_t s_dbias;
 };
 
-// ---- thread pool (threadpool.cpp) ---------------------------------------------------------
-// A small persistent pool, separate from torch's OpenMP runtime: workers spin briefly after a
-// job and then sleep, so they do not hold a core while torch's own threads work.
+// ---- threads (threadpool.cpp) ------------------------------------------------------------
+// torch's own OpenMP team when it is loaded (see threadpool.cpp), else a small private pool.
 int num_threads();
 void set_num_threads(int n);
+// Use the OpenMP runtime already loaded in the process (torch's) instead of the private pool.
+bool attach_host_openmp();
+const char* thread_backend();  // "host-openmp" or "pool"
 // Runs fn(task, thread) for task in [0, n_tasks); thread in [0, num_threads()).
 // Reentrant: if another Python thread is using the pool, the caller runs every task itself.
 void parallel_for(int64_t n_tasks, const std::function<void(int64_t, int)>& fn);

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
+import os as _os
+
 import torch as _torch
 
 from . import _C
@@ -39,9 +41,18 @@ def isa() -> str:
     return _C.isa()
 
 
+def thread_backend() -> str:
+    """Where the C++ kernels' threads come from: "host-openmp" (torch's own OpenMP team, the
+    default, so pykernels and torch share one set of workers) or "pool" (a private pool, chosen
+    with PYKERNELS_THREADS=pool or when torch's libgomp is not found)."""
+    return _C.thread_backend()
+
+
 _C.set_num_threads(max(1, _torch.get_num_threads()))
+if _os.environ.get("PYKERNELS_THREADS", "openmp") != "pool":
+    _C.attach_host_openmp()
 
 from . import ops, nn, reference  # noqa: E402  (the ops need _C configured first)
 
 __all__ = ["ops", "nn", "reference", "backend", "current_backend", "set_num_threads",
-           "get_num_threads", "isa", "__version__"]
+           "get_num_threads", "isa", "thread_backend", "__version__"]
