@@ -63,6 +63,12 @@ IsaTable choose_isa() {
 }
 
 IsaTable g_isa;
+}  // namespace
+
+const char* pk::active_isa() { return g_isa.name; }
+void bind_pool2d(py::module_& m);  // pool2d_bind.cpp
+
+namespace {
 
 template <typename T> const T* cptr(uintptr_t p) { return reinterpret_cast<const T*>(p); }
 template <typename T> T* mptr(uintptr_t p) { return reinterpret_cast<T*>(p); }
@@ -90,6 +96,7 @@ PYBIND11_MODULE(_C, m) {
   g_isa = choose_isa();
 
   m.def("isa", [] { return std::string(g_isa.name); }, "The SIMD path chosen at import.");
+  bind_pool2d(m);
   m.def("cpu_supports", &cpu_has, py::arg("isa"));
   m.def("set_num_threads", [](int n) {
     if (n < 1) throw std::invalid_argument("set_num_threads: n must be >= 1, got " + std::to_string(n));

@@ -7,6 +7,7 @@
 
 #include <cstdint>
 #include <functional>
+#include <string>
 
 namespace pk {
 
@@ -51,6 +52,18 @@ const char* thread_backend();  // "host-openmp" or "pool"
 // Runs fn(task, thread) for task in [0, n_tasks); thread in [0, num_threads()).
 // Reentrant: if another Python thread is using the pool, the caller runs every task itself.
 void parallel_for(int64_t n_tasks, const std::function<void(int64_t, int)>& fn);
+
+// The ISA path chosen at import ("avx512", "avx2" or "generic"); per-op binding files
+// (e.g. pool2d_bind.cpp) dispatch on it with PK_ISA_CALL.
+const char* active_isa();
+#if defined(__x86_64__) || defined(__i386__)
+#define PK_ISA_CALL(FN, ...)                                                     \
+  (std::string(::pk::active_isa()) == "avx512" ? ::pk::avx512::FN(__VA_ARGS__)   \
+   : std::string(::pk::active_isa()) == "avx2" ? ::pk::avx2::FN(__VA_ARGS__)     \
+                                               : ::pk::generic::FN(__VA_ARGS__))
+#else
+#define PK_ISA_CALL(FN, ...) ::pk::generic::FN(__VA_ARGS__)
+#endif
 
 // ---- per-ISA entry points (gemm.cpp, peak.cpp compiled three times) -------------------------
 #define PK_DECLARE_ISA(NS)                                               \
