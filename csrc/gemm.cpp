@@ -16,9 +16,14 @@
 //       ir over MC in steps of MR microkernel: MR x NR accumulators in registers,
 //                                 one broadcast of A and NV vector loads of B per k.
 //   AVX-512 float: MR x NR = 12 x 32 (24 zmm accumulators + 2 B vectors + 1 broadcast of 32
-//   registers); KC = 256 so the B micro-panel is 256 x 32 x 4 B = 32 KiB and an A micro-panel
-//   12 KiB; MC = 384 makes the A block 384 KiB (well inside a 1 MiB L2 with B and C traffic);
-//   NC = 3072 makes the B block 3 MiB per thread, a small share of L3.
+//   registers). One k step is 24 FMAs (24 cycles at one zmm FMA per cycle on Zen 4, 12 on a
+//   two-FMA-port Xeon) against 128 B of B and 48 B of A: 7 B/cycle, which L2 sustains, so the
+//   micro-panels need not fit L1 and KC is chosen to make the C tile's read-modify-write rare.
+//   KC = 512: B micro-panel 64 KiB (L2), A micro-panel 24 KiB, one C tile pass per 512 k.
+//   MC = 240: A block 240 x 512 x 4 B = 480 KiB, half of Zen 4's 1 MiB L2 (a quarter of a
+//   Xeon's 2 MiB), leaving room for the B micro-panel and C lines.
+//   NC = 3072: B block 6 MiB per thread, a share of the 32 MiB L3.
+//   Measured on this machine (bench/NOTES_gemm.md, v2 -> v3): KC 256 -> 512 gave +3-5%.
 //   Edges: packing pads A and B with zeros to whole MR/NR panels, the microkernel always runs the
 //   full tile into a small buffer, and only the valid mr x nr corner is written back — no scalar
 //   tail loops in the k dimension.
@@ -29,6 +34,7 @@
 // Test: pytest tests/test_gemm.py      Benchmark: python -m pykernels bench gemm
 #include <algorithm>
 #include <cmath>
+#include <cstdio>
 #include <cstdlib>
 #include <cstring>
 
@@ -41,8 +47,8 @@ namespace {
 
 template <typename T> struct Blocking;
 #if defined(PK_ISA_AVX512)
-template <> struct Blocking<float>  { static constexpr int MR = 12, NV = 2, KC = 256, MC = 384, NC = 3072; };
-template <> struct Blocking<double> { static constexpr int MR = 12, NV = 2, KC = 256, MC = 192, NC = 2048; };
+template <> struct Blocking<float>  { static constexpr int MR = 12, NV = 2, KC = 512, MC = 240, NC = 3072; };
+template <> struct Blocking<double> { static constexpr int MR = 12, NV = 2, KC = 512, MC = 120, NC = 1536; };
 #elif defined(PK_ISA_AVX2)
 template <> struct Blocking<float>  { static constexpr int MR = 6, NV = 2, KC = 256, MC = 192, NC = 3072; };
 template <> struct Blocking<double> { static constexpr int MR = 6, NV = 2, KC = 256, MC = 96, NC = 2048; };
@@ -52,6 +58,30 @@ template <> struct Blocking<double> { static constexpr int MR = 4, NV = 2, KC = 
 #endif
 
 inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+
+// Cache blocking actually used: the defaults above, or PYKERNELS_GEMM_BLOCKING="KC,MC,NC" (read
+// once; MC and NC are rounded to whole MR / NR panels) for the experiments in bench/NOTES_gemm.md.
+template <typename T>
+struct CacheBlocks {
+  int64_t KC, MC, NC;
+  static const CacheBlocks& get() {
+    static const CacheBlocks cb = [] {
+      using Bk = Blocking<T>;
+      constexpr int NR = Bk::NV * lanes<T>();
+      CacheBlocks c{Bk::KC, Bk::MC, Bk::NC};
+      if (const char* env = std::getenv("PYKERNELS_GEMM_BLOCKING")) {
+        long kc = 0, mc = 0, nc = 0;
+        if (std::sscanf(env, "%ld,%ld,%ld", &kc, &mc, &nc) == 3 && kc > 0 && mc > 0 && nc > 0) {
+          c.KC = kc;
+          c.MC = std::max<int64_t>(1, mc / Bk::MR) * Bk::MR;
+          c.NC = std::max<int64_t>(1, nc / NR) * NR;
+        }
+      }
+      return c;
+    }();
+    return cb;
+  }
+};
 
 // Per-thread packing buffers: grown on demand, never shared between threads.
 void* tls_buffer(int which, size_t bytes) {
@@ -155,9 +185,16 @@ void pack_b(int64_t kc, int64_t nc, const T* b, int64_t sk, int64_t sn, T* out) 
 // ---- microkernel: tile[MR][NR] = sum_k pa[k][MR] (outer) pb[k][NR] -------------------------
 template <typename T, int MR, int NV>
 inline void micro_kernel(int64_t kc, const T* __restrict pa, const T* __restrict pb,
-                         T* __restrict tile) {
+                         T* __restrict tile, const T* c, int64_t ldc) {
   constexpr int L = lanes<T>();
   constexpr int NR = NV * L;
+  // The C tile is read back after the k loop: start fetching its rows now (MR rows at a
+  // stride the hardware prefetcher does not follow), so the loads hit L1 by then.
+#pragma GCC unroll 16
+  for (int i = 0; i < MR; ++i) {
+    __builtin_prefetch(c + i * ldc, 1, 3);
+    __builtin_prefetch(c + i * ldc + NR - 1, 1, 3);
+  }
   V<T> acc[MR][NV];
 #pragma GCC unroll 16
   for (int i = 0; i < MR; ++i)
@@ -251,15 +288,16 @@ void gemm_task(const GemmArgs<T>& g, int64_t bidx, int64_t m0, int64_t m1, int64
     return;
   }
 
-  const int64_t nc_max = std::min<int64_t>(Bk::NC, ceil_div(n1 - n0, NR) * NR);
-  T* bufB = static_cast<T*>(tls_buffer(1, sizeof(T) * Bk::KC * nc_max));
-  T* bufA = static_cast<T*>(tls_buffer(0, sizeof(T) * Bk::KC * Bk::MC));
+  const CacheBlocks<T>& cb = CacheBlocks<T>::get();
+  const int64_t nc_max = std::min<int64_t>(cb.NC, ceil_div(n1 - n0, NR) * NR);
+  T* bufB = static_cast<T*>(tls_buffer(1, sizeof(T) * cb.KC * nc_max));
+  T* bufA = static_cast<T*>(tls_buffer(0, sizeof(T) * cb.KC * cb.MC));
   alignas(64) T tile[MR * NR];
 
-  for (int64_t jc = n0; jc < n1; jc += Bk::NC) {
-    const int64_t nc = std::min<int64_t>(Bk::NC, n1 - jc);
-    for (int64_t pc = 0; pc < g.K; pc += Bk::KC) {
-      const int64_t kc = std::min<int64_t>(Bk::KC, g.K - pc);
+  for (int64_t jc = n0; jc < n1; jc += cb.NC) {
+    const int64_t nc = std::min<int64_t>(cb.NC, n1 - jc);
+    for (int64_t pc = 0; pc < g.K; pc += cb.KC) {
+      const int64_t kc = std::min<int64_t>(cb.KC, g.K - pc);
       pack_b<T, NR>(kc, nc, B + pc * g.sb_k + jc * g.sb_n, g.sb_k, g.sb_n, bufB);
       TileOut<T> o;
       o.overwrite = pc == 0 && !g.accumulate;
@@ -268,16 +306,16 @@ void gemm_task(const GemmArgs<T>& g, int64_t bidx, int64_t m0, int64_t m1, int64
       o.s_bias = g.s_bias;
       o.bias_dim = g.bias_dim;
       o.sm = g.sc_m; o.sn = g.sc_n; o.psm = g.sp_m; o.psn = g.sp_n;
-      for (int64_t ic = m0; ic < m1; ic += Bk::MC) {
-        const int64_t mc = std::min<int64_t>(Bk::MC, m1 - ic);
+      for (int64_t ic = m0; ic < m1; ic += cb.MC) {
+        const int64_t mc = std::min<int64_t>(cb.MC, m1 - ic);
         pack_a<T, MR>(mc, kc, A + ic * g.sa_m + pc * g.sa_k, g.sa_m, g.sa_k, bufA);
         for (int64_t jr = 0; jr < nc; jr += NR) {
           const int64_t nr = std::min<int64_t>(NR, nc - jr);
           for (int64_t ir = 0; ir < mc; ir += MR) {
             const int64_t mr = std::min<int64_t>(MR, mc - ir);
-            micro_kernel<T, MR, NV>(kc, bufA + ir * kc, bufB + jr * kc, tile);
             const int64_t m = ic + ir, n = jc + jr;
             o.c = C + m * g.sc_m + n * g.sc_n;
+            micro_kernel<T, MR, NV>(kc, bufA + ir * kc, bufB + jr * kc, tile, o.c, g.sc_m);
             o.p = P ? P + m * g.sp_m + n * g.sp_n : nullptr;
             o.bias = g.bias ? g.bias + (g.bias_dim == 1 ? n : m) * g.s_bias : nullptr;
             store_tile<T, NV>(tile, mr, nr, o);
