@@ -159,6 +159,16 @@ def matmul_backward_views(L, g: View, a: View, b: View, da, db, zero) -> None:
                 _reduce_into(L, db, a.expand(batch), g, batch, True, False)
 
 
+# ---- eager fast path ----------------------------------------------------------------------
+def _eager(t: Tensor) -> bool:
+    """True for a plain tensor in eager mode. There the public functions call the op's
+    implementation directly (through a torch.autograd.Function when a gradient is needed) and
+    skip the custom op's Python dispatch, ~13 us a call here, which dominates small GEMMs. Under
+    torch.compile / export, for tensor subclasses (FakeTensor, ...) and in opcheck, the
+    registered custom op runs: same kernels, same formulas."""
+    return type(t) is Tensor and not torch.compiler.is_compiling()
+
+
 # ---- argument checks ----------------------------------------------------------------------
 def _check_tensor(name: str, t, allowed) -> None:
     if not isinstance(t, Tensor):
@@ -193,9 +203,8 @@ def _from_np(arr, like: Tensor) -> Tensor:
 
 
 # ---- linear -------------------------------------------------------------------------------
-@torch.library.custom_op("pykernels::linear", mutates_args=())
-def _linear_op(x: Tensor, weight: Tensor, bias: Optional[Tensor], activation: int,
-               save_preact: bool) -> Tuple[Tensor, Tensor]:
+def _linear_impl(x: Tensor, weight: Tensor, bias: Optional[Tensor], activation: int,
+                 save_preact: bool) -> Tuple[Tensor, Tensor]:
     out_shape = tuple(x.shape[:-1]) + (weight.shape[0],)
     backend = resolve(x.device)
     if backend == "reference":
@@ -222,6 +231,9 @@ def _linear_op(x: Tensor, weight: Tensor, bias: Optional[Tensor], activation: in
     return out, pre
 
 
+_linear_op = torch.library.custom_op("pykernels::linear", mutates_args=())(_linear_impl)
+
+
 @_linear_op.register_fake
 def _(x, weight, bias, activation, save_preact):
     out = x.new_empty(tuple(x.shape[:-1]) + (weight.shape[0],))
@@ -236,10 +248,9 @@ def _matrix(t: Tensor) -> Tensor:
     return t.reshape(-1, t.shape[-1]) if v is None else _as_tensor(v)
 
 
-@torch.library.custom_op("pykernels::linear_backward", mutates_args=())
-def _linear_backward_op(grad: Tensor, x: Tensor, weight: Tensor, bias: Optional[Tensor],
-                        saved: Tensor, activation: int, need_x: bool, need_w: bool,
-                        need_b: bool) -> Tuple[Tensor, Tensor, Tensor]:
+def _linear_backward_impl(grad: Tensor, x: Tensor, weight: Tensor, bias: Optional[Tensor],
+                          saved: Tensor, activation: int, need_x: bool, need_w: bool,
+                          need_b: bool) -> Tuple[Tensor, Tensor, Tensor]:
     backend = resolve(x.device)
     if backend == "reference":
         from ..reference import gemm as ref
@@ -264,6 +275,10 @@ def _linear_backward_op(grad: Tensor, x: Tensor, weight: Tensor, bias: Optional[
     return tuple(x.new_empty(0) if t is None else t for t in (dx, dw, db))
 
 
+_linear_backward_op = torch.library.custom_op(
+    "pykernels::linear_backward", mutates_args=())(_linear_backward_impl)
+
+
 @_linear_backward_op.register_fake
 def _(grad, x, weight, bias, saved, activation, need_x, need_w, need_b):
     # a distinct empty tensor per absent gradient: outputs of a custom op may not alias
@@ -281,19 +296,36 @@ def _linear_setup(ctx, inputs, output):
     ctx.save_for_backward(x, weight, bias, saved)
 
 
-def _linear_grad(ctx, grad_out, grad_pre):
-    x, weight, bias, saved = ctx.saved_tensors
-    if S.ACTIVATION_NAMES[ctx.activation] == "gelu" and saved.numel() == 0 and x.numel():
-        raise RuntimeError("pykernels.ops.linear: the gelu pre-activation was not saved; call "
-                           "linear with grad mode enabled to differentiate it")
-    nx, nw, nb = ctx.needs_input_grad[:3]
-    dx, dw, db = _linear_backward_op(grad_out, x, weight, bias, saved, ctx.activation, nx, nw,
-                                     nb and ctx.has_bias)
-    return (dx if nx else None, dw if nw else None, db if nb and ctx.has_bias else None,
-            None, None)
+def _linear_grad_with(backward):
+    def grad(ctx, grad_out, grad_pre):
+        x, weight, bias, saved = ctx.saved_tensors
+        if S.ACTIVATION_NAMES[ctx.activation] == "gelu" and saved.numel() == 0 and x.numel():
+            raise RuntimeError("pykernels.ops.linear: the gelu pre-activation was not saved; call "
+                               "linear with grad mode enabled to differentiate it")
+        nx, nw, nb = ctx.needs_input_grad[:3]
+        dx, dw, db = backward(grad_out, x, weight, bias, saved, ctx.activation, nx, nw,
+                              nb and ctx.has_bias)
+        return (dx if nx else None, dw if nw else None, db if nb and ctx.has_bias else None,
+                None, None)
+    return grad
 
 
-_linear_op.register_autograd(_linear_grad, setup_context=_linear_setup)
+_linear_op.register_autograd(_linear_grad_with(_linear_backward_op), setup_context=_linear_setup)
+
+
+class _LinearEager(torch.autograd.Function):
+    """The eager-mode path of pykernels::linear: the same kernels and formulas, minus the
+    custom op's dispatch (see _eager). forward(ctx, ...) rather than a separate setup_context:
+    with setup_context defined, Function.apply binds arguments through inspect.signature on every
+    call (~25 us)."""
+    @staticmethod
+    def forward(ctx, *inputs):
+        output = _linear_impl(*inputs)
+        _linear_setup(ctx, inputs, output)
+        ctx.mark_non_differentiable(output[1])
+        return output
+
+    backward = staticmethod(_linear_grad_with(_linear_backward_impl))
 
 
 def linear(x: Tensor, weight: Tensor, bias: Optional[Tensor] = None,
@@ -334,6 +366,11 @@ def linear(x: Tensor, weight: Tensor, bias: Optional[Tensor] = None,
         raise ValueError(f"bias must have shape [N] = [{weight.shape[0]}], got {tuple(bias.shape)}")
     save = (act == 2 and torch.is_grad_enabled()
             and any(t is not None and t.requires_grad for t in (x, weight, bias)))
+    if _eager(x):
+        if save or (torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad or
+                                                 (bias is not None and bias.requires_grad))):
+            return _LinearEager.apply(x, weight, bias, act, save)[0]
+        return _linear_impl(x, weight, bias, act, False)[0]
     return _linear_op(x, weight, bias, act, save)[0]
 
 
@@ -351,12 +388,12 @@ def _promote(a: Tensor, b: Tensor):
 
 
 def _matmul_shape(a: Tensor, b: Tensor):
-    batch = torch.broadcast_shapes(tuple(a.shape[:-2]), tuple(b.shape[:-2]))
-    return tuple(batch) + (a.shape[-2], b.shape[-1])
+    if a.dim() == 2 and b.dim() == 2:
+        return (a.shape[0], b.shape[1])
+    return S.broadcast_shapes(a.shape[:-2], b.shape[:-2]) + (a.shape[-2], b.shape[-1])
 
 
-@torch.library.custom_op("pykernels::matmul", mutates_args=())
-def _matmul_op(a: Tensor, b: Tensor) -> Tensor:
+def _matmul_impl(a: Tensor, b: Tensor) -> Tensor:
     backend = resolve(a.device)
     if backend == "reference":
         from ..reference import gemm as ref
@@ -372,6 +409,9 @@ def _matmul_op(a: Tensor, b: Tensor) -> Tensor:
     return out
 
 
+_matmul_op = torch.library.custom_op("pykernels::matmul", mutates_args=())(_matmul_impl)
+
+
 @_matmul_op.register_fake
 def _(a, b):
     return a.new_empty(_matmul_shape(a, b))
@@ -381,9 +421,8 @@ def _zero(v: View) -> None:
     _as_tensor(v).zero_()
 
 
-@torch.library.custom_op("pykernels::matmul_backward", mutates_args=())
-def _matmul_backward_op(grad: Tensor, a: Tensor, b: Tensor, need_a: bool,
-                        need_b: bool) -> Tuple[Tensor, Tensor]:
+def _matmul_backward_impl(grad: Tensor, a: Tensor, b: Tensor, need_a: bool,
+                          need_b: bool) -> Tuple[Tensor, Tensor]:
     backend = resolve(a.device)
     if backend == "reference":
         from ..reference import gemm as ref
@@ -397,6 +436,10 @@ def _matmul_backward_op(grad: Tensor, a: Tensor, b: Tensor, need_a: bool,
     return tuple(a.new_empty(0) if t is None else t for t in (da, db))
 
 
+_matmul_backward_op = torch.library.custom_op(
+    "pykernels::matmul_backward", mutates_args=())(_matmul_backward_impl)
+
+
 @_matmul_backward_op.register_fake
 def _(grad, a, b, need_a, need_b):
     return (a.new_empty(a.shape if need_a else 0), b.new_empty(b.shape if need_b else 0))
@@ -406,14 +449,26 @@ def _matmul_setup(ctx, inputs, output):
     ctx.save_for_backward(*inputs)
 
 
-def _matmul_grad(ctx, grad):
-    a, b = ctx.saved_tensors
-    na, nb = ctx.needs_input_grad[:2]
-    da, db = _matmul_backward_op(grad, a, b, na, nb)
-    return (da if na else None, db if nb else None)
+def _matmul_grad_with(backward):
+    def grad(ctx, grad):
+        a, b = ctx.saved_tensors
+        na, nb = ctx.needs_input_grad[:2]
+        da, db = backward(grad, a, b, na, nb)
+        return (da if na else None, db if nb else None)
+    return grad
 
 
-_matmul_op.register_autograd(_matmul_grad, setup_context=_matmul_setup)
+_matmul_op.register_autograd(_matmul_grad_with(_matmul_backward_op), setup_context=_matmul_setup)
+
+
+class _MatmulEager(torch.autograd.Function):
+    """The eager-mode path of pykernels::matmul (see _eager and _LinearEager)."""
+    @staticmethod
+    def forward(ctx, a, b):
+        ctx.save_for_backward(a, b)
+        return _matmul_impl(a, b)
+
+    backward = staticmethod(_matmul_grad_with(_matmul_backward_impl))
 
 
 def matmul(a: Tensor, b: Tensor) -> Tensor:
@@ -437,10 +492,15 @@ def matmul(a: Tensor, b: Tensor) -> Tensor:
         raise ValueError(f"a is [..., M, K={a2.shape[-1]}] but b is [..., K={b2.shape[-2]}, N]: "
                          f"a {tuple(a.shape)} and b {tuple(b.shape)} do not multiply")
     try:
-        torch.broadcast_shapes(tuple(a2.shape[:-2]), tuple(b2.shape[:-2]))
-    except RuntimeError:
+        S.broadcast_shapes(a2.shape[:-2], b2.shape[:-2])
+    except ValueError:
         raise ValueError(f"batch dims of a {tuple(a.shape)} and b {tuple(b.shape)} do not broadcast") from None
-    out = _matmul_op(a2, b2)
+    if not _eager(a2):
+        out = _matmul_op(a2, b2)
+    elif torch.is_grad_enabled() and (a2.requires_grad or b2.requires_grad):
+        out = _MatmulEager.apply(a2, b2)
+    else:
+        out = _matmul_impl(a2, b2)
     for d in squeeze:
         out = out.squeeze(d)
     return out
