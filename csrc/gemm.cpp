@@ -340,11 +340,35 @@ void choose_split(int64_t mb, int64_t nb, int64_t parts, int64_t* tm, int64_t* t
   }
 }
 
+// The same problem seen as C^T = B^T A^T: every operand's strides swapped.
 template <typename T>
-void gemm_forward_impl(const GemmArgs<T>& g) {
+GemmArgs<T> transposed(const GemmArgs<T>& g) {
+  GemmArgs<T> t = g;
+  t.M = g.N; t.N = g.M;
+  t.a = g.b; t.sa_b = g.sb_b; t.sa_m = g.sb_n; t.sa_k = g.sb_k;
+  t.b = g.a; t.sb_b = g.sa_b; t.sb_k = g.sa_k; t.sb_n = g.sa_m;
+  t.sc_m = g.sc_n; t.sc_n = g.sc_m;
+  t.sp_m = g.sp_n; t.sp_n = g.sp_m;
+  t.bias_dim = 1 - g.bias_dim;
+  return t;
+}
+
+template <typename T>
+void gemm_forward_impl(const GemmArgs<T>& g, bool may_transpose = true) {
   using Bk = Blocking<T>;
   constexpr int MR = Bk::MR, NR = Bk::NV * lanes<T>();
   if (g.batch <= 0 || g.M <= 0 || g.N <= 0) return;
+  // Narrow outputs (N well below NR, e.g. a Linear with 10 outputs) waste most of every
+  // MR x NR tile on padding; computing C^T = B^T A^T pads the other way. Taken only when it
+  // cuts the padded work by a third, since the transposed C tile is stored element-wise.
+  if (may_transpose && g.K > 0) {
+    const double work = double(ceil_div(g.M, MR) * MR) * double(ceil_div(g.N, NR) * NR);
+    const double work_t = double(ceil_div(g.N, MR) * MR) * double(ceil_div(g.M, NR) * NR);
+    if (work_t < 0.67 * work) {
+      gemm_forward_impl(transposed(g), false);
+      return;
+    }
+  }
   const int64_t threads = num_threads();
   const double flops = 2.0 * g.batch * g.M * g.N * std::max<int64_t>(g.K, 1);
   const int64_t mb = ceil_div(g.M, MR), nb = ceil_div(g.N, NR);
@@ -374,6 +398,12 @@ void gemm_forward_impl(const GemmArgs<T>& g) {
 template <typename T>
 void gemm_backward_impl(const EpilogueBwdArgs<T>& e) {
   if (e.M < 0 || e.N <= 0) return;
+  if (e.M == 0) {  // empty batch (its buffers may be null): the bias gradient is zero
+    if (e.dbias)
+      for (int64_t n = 0; n < e.N; ++n) e.dbias[n * e.s_dbias] = T(0);
+    return;
+  }
+  if (!e.dz && (e.act != Act::None || !e.dbias)) return;  // nothing asked (checked in Python)
   constexpr int64_t CHUNK = 256;  // columns per task
   const int64_t tasks = ceil_div(e.N, CHUNK);
   auto task = [&](int64_t t, int) {
@@ -381,6 +411,14 @@ void gemm_backward_impl(const EpilogueBwdArgs<T>& e) {
     double sums[CHUNK];
     for (int64_t j = 0; j < w; ++j) sums[j] = 0.0;
     const bool unit = e.sdy_n == 1 && e.ss_n == 1 && e.sdz_n == 1;
+    if (!e.dz) {  // no activation: dz is dy itself, only the bias gradient is wanted
+      for (int64_t m = 0; m < e.M; ++m) {
+        const T* dy = e.dy + m * e.sdy_m + n0 * e.sdy_n;
+        for (int64_t j = 0; j < w; ++j) sums[j] += dy[j * e.sdy_n];
+      }
+      for (int64_t j = 0; j < w; ++j) e.dbias[(n0 + j) * e.s_dbias] = static_cast<T>(sums[j]);
+      return;
+    }
     for (int64_t m = 0; m < e.M; ++m) {
       const T* dy = e.dy + m * e.sdy_m + n0 * e.sdy_n;
       const T* sv = e.saved + m * e.ss_m + n0 * e.ss_n;

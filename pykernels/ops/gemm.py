@@ -264,6 +264,9 @@ def _linear_backward_impl(grad: Tensor, x: Tensor, weight: Tensor, bias: Optiona
     dx = x.new_empty(x.shape) if need_x else None
     dw = weight.new_empty(weight.shape) if need_w else None
     db = weight.new_empty(weight.shape[0]) if need_b else None
+    if backend == "cpp" and x.dim() == 2 and grad.dim() == 2:  # the common case, direct
+        _linear_backward_cpp2d(grad, x, weight, saved, activation, dx, dw, db)
+        return tuple(x.new_empty(0) if t is None else t for t in (dx, dw, db))
     g2, x2 = _matrix(grad), _matrix(x)
     # dz is dy itself when there is no activation and no bias gradient to fuse
     dz = torch.empty(g2.shape, dtype=g2.dtype, device=g2.device) if activation or need_b else g2
@@ -273,6 +276,28 @@ def _linear_backward_impl(grad: Tensor, x: Tensor, weight: Tensor, bias: Optiona
                           None if dx is None else view(_matrix(dx)),
                           None if dw is None else view(dw), None if db is None else view(db))
     return tuple(x.new_empty(0) if t is None else t for t in (dx, dw, db))
+
+
+def _linear_backward_cpp2d(g, x, w, saved, act, dx, dw, db) -> None:
+    """linear_backward_views for 2-D operands on the C++ kernels, without the View layer."""
+    (m, k), n = x.shape, w.shape[0]
+    fp64 = x.dtype == torch.float64
+    dz = g
+    if act:
+        dz = torch.empty((m, n), dtype=g.dtype)
+        s = saved if act else g
+        _C.gemm_backward(fp64, m, n, g.data_ptr(), *g.stride(), s.data_ptr(), *s.stride(), act,
+                         dz.data_ptr(), n, 1, 0 if db is None else db.data_ptr(), 1)
+    elif db is not None:  # bias gradient only: one column-sum pass over dy
+        _C.gemm_backward(fp64, m, n, g.data_ptr(), *g.stride(), g.data_ptr(), *g.stride(), 0,
+                         0, 0, 0, db.data_ptr(), 1)
+    (szm, szn), (swn, swk), (sxm, sxk) = dz.stride(), w.stride(), x.stride()
+    if dx is not None:  # dx[m, k] = dz[m, n] @ w[n, k]
+        _C.gemm_forward(fp64, 1, m, k, n, dz.data_ptr(), 0, szm, szn, w.data_ptr(), 0, swn, swk,
+                        dx.data_ptr(), 0, k, 1, 0, 0, 1, 0, 0, 0, 0, 0, False)
+    if dw is not None:  # dw[n, k] = dz^T[n, m] @ x[m, k]
+        _C.gemm_forward(fp64, 1, n, k, m, dz.data_ptr(), 0, szn, szm, x.data_ptr(), 0, sxm, sxk,
+                        dw.data_ptr(), 0, k, 1, 0, 0, 1, 0, 0, 0, 0, 0, False)
 
 
 _linear_backward_op = torch.library.custom_op(
