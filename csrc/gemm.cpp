@@ -166,14 +166,15 @@ void pack_b(int64_t kc, int64_t nc, const T* b, int64_t sk, int64_t sn, T* out) 
     const T* src = b + j0 * sn;
     if (nr == NR && sn == 1) {  // row-major B: one contiguous run of NR per k
       for (int64_t k = 0; k < kc; ++k) std::memcpy(o + k * NR, src + k * sk, NR * sizeof(T));
-    } else if (sk == 1) {  // column-major B (W^T of a Linear): read each column contiguously
-      for (int64_t j = 0; j < NR; ++j) {
-        if (j < nr) {
-          const T* col = src + j * sn;
-          for (int64_t k = 0; k < kc; ++k) o[k * NR + j] = col[k];
-        } else {
-          for (int64_t k = 0; k < kc; ++k) o[k * NR + j] = T(0);
-        }
+    } else if (sk == 1 && nr == NR) {
+      // column-major B (W^T of a Linear): NR column streams advancing together, so their
+      // cache lines stay in L1 while the packed panel is written contiguously (writing one
+      // column at a time instead strides by NR elements through a panel larger than L1).
+      const T* cols[NR];
+      for (int j = 0; j < NR; ++j) cols[j] = src + j * sn;
+      for (int64_t k = 0; k < kc; ++k) {
+#pragma GCC unroll 32
+        for (int j = 0; j < NR; ++j) o[k * NR + j] = cols[j][k];
       }
     } else {
       for (int64_t k = 0; k < kc; ++k)
