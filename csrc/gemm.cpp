@@ -183,10 +183,14 @@ void pack_b(int64_t kc, int64_t nc, const T* b, int64_t sk, int64_t sn, T* out) 
   }
 }
 
-// ---- microkernel: tile[MR][NR] = sum_k pa[k][MR] (outer) pb[k][NR] -------------------------
-template <typename T, int MR, int NV>
-inline void micro_kernel(int64_t kc, const T* __restrict pa, const T* __restrict pb,
-                         T* __restrict tile, const T* c, int64_t ldc) {
+// ---- microkernel: tile[MR][NR] = sum_k A[i, k] (outer) B[k, 0:NR] ----------------------------
+// A is a packed panel (pa[k * MR + i]) or, with DIRECT_A, read in place from MR rows
+// (pa + i * a_si + k * a_sk; rows past `mr` repeat the last row and are discarded later).
+// B rows are NR contiguous values b_sk apart: NR in a packed panel, the row stride of B in place.
+template <typename T, int MR, int NV, bool DIRECT_A>
+inline void micro_kernel(int64_t kc, const T* __restrict pa, int64_t a_si, int64_t a_sk, int64_t mr,
+                         const T* __restrict pb, int64_t b_sk, T* __restrict tile, const T* c,
+                         int64_t ldc) {
   constexpr int L = lanes<T>();
   constexpr int NR = NV * L;
   // The C tile is read back after the k loop: start fetching its rows now (MR rows at a
@@ -196,6 +200,9 @@ inline void micro_kernel(int64_t kc, const T* __restrict pa, const T* __restrict
     __builtin_prefetch(c + i * ldc, 1, 3);
     __builtin_prefetch(c + i * ldc + NR - 1, 1, 3);
   }
+  const T* ar[MR];
+  if (DIRECT_A)
+    for (int i = 0; i < MR; ++i) ar[i] = pa + (i < mr ? i : mr - 1) * a_si;
   V<T> acc[MR][NV];
 #pragma GCC unroll 16
   for (int i = 0; i < MR; ++i)
@@ -204,10 +211,10 @@ inline void micro_kernel(int64_t kc, const T* __restrict pa, const T* __restrict
   for (int64_t k = 0; k < kc; ++k) {
     V<T> bv[NV];
 #pragma GCC unroll 4
-    for (int j = 0; j < NV; ++j) bv[j] = vload(pb + k * NR + j * L);
+    for (int j = 0; j < NV; ++j) bv[j] = vload(pb + k * b_sk + j * L);
 #pragma GCC unroll 16
     for (int i = 0; i < MR; ++i) {
-      const V<T> av = vbcast(pa[k * MR + i]);
+      const V<T> av = vbcast(DIRECT_A ? ar[i][k * a_sk] : pa[k * MR + i]);
 #pragma GCC unroll 4
       for (int j = 0; j < NV; ++j) acc[i][j] += av * bv[j];
     }
@@ -269,7 +276,8 @@ void store_tile(const T* tile, int64_t mr, int64_t nr, const TileOut<T>& o) {
 
 // ---- one task: rows [m0, m1) x cols [n0, n1) of batch entry bidx ---------------------------
 template <typename T>
-void gemm_task(const GemmArgs<T>& g, int64_t bidx, int64_t m0, int64_t m1, int64_t n0, int64_t n1) {
+void gemm_task(const GemmArgs<T>& g, int64_t bidx, int64_t m0, int64_t m1, int64_t n0, int64_t n1,
+               bool direct) {
   using Bk = Blocking<T>;
   constexpr int MR = Bk::MR, NV = Bk::NV, NR = NV * lanes<T>();
   const T* A = g.a + bidx * g.sa_b;
@@ -294,12 +302,17 @@ void gemm_task(const GemmArgs<T>& g, int64_t bidx, int64_t m0, int64_t m1, int64
   T* bufB = static_cast<T*>(tls_buffer(1, sizeof(T) * cb.KC * nc_max));
   T* bufA = static_cast<T*>(tls_buffer(0, sizeof(T) * cb.KC * cb.MC));
   alignas(64) T tile[MR * NR];
+  // Small problems skip packing (see gemm_forward_impl): A is always read in place; B in place
+  // when its rows are contiguous, except a partial last panel, which is packed alone (reading
+  // NR values of a shorter row could run past the end of the buffer).
+  const bool direct_b = direct && g.sb_n == 1;
 
   for (int64_t jc = n0; jc < n1; jc += cb.NC) {
     const int64_t nc = std::min<int64_t>(cb.NC, n1 - jc);
     for (int64_t pc = 0; pc < g.K; pc += cb.KC) {
       const int64_t kc = std::min<int64_t>(cb.KC, g.K - pc);
-      pack_b<T, NR>(kc, nc, B + pc * g.sb_k + jc * g.sb_n, g.sb_k, g.sb_n, bufB);
+      const T* Bblk = B + pc * g.sb_k + jc * g.sb_n;
+      if (!direct_b) pack_b<T, NR>(kc, nc, Bblk, g.sb_k, g.sb_n, bufB);
       TileOut<T> o;
       o.overwrite = pc == 0 && !g.accumulate;
       o.last = pc + kc == g.K;
@@ -309,14 +322,29 @@ void gemm_task(const GemmArgs<T>& g, int64_t bidx, int64_t m0, int64_t m1, int64
       o.sm = g.sc_m; o.sn = g.sc_n; o.psm = g.sp_m; o.psn = g.sp_n;
       for (int64_t ic = m0; ic < m1; ic += cb.MC) {
         const int64_t mc = std::min<int64_t>(cb.MC, m1 - ic);
-        pack_a<T, MR>(mc, kc, A + ic * g.sa_m + pc * g.sa_k, g.sa_m, g.sa_k, bufA);
+        const T* Ablk = A + ic * g.sa_m + pc * g.sa_k;
+        if (!direct) pack_a<T, MR>(mc, kc, Ablk, g.sa_m, g.sa_k, bufA);
         for (int64_t jr = 0; jr < nc; jr += NR) {
           const int64_t nr = std::min<int64_t>(NR, nc - jr);
+          const T* pb = bufB + jr * kc;
+          int64_t b_sk = NR;
+          if (direct_b && nr == NR) {
+            pb = Bblk + jr;
+            b_sk = g.sb_k;
+          } else if (direct_b) {
+            pack_b<T, NR>(kc, nr, Bblk + jr, g.sb_k, g.sb_n, bufB);
+            pb = bufB;
+          }
           for (int64_t ir = 0; ir < mc; ir += MR) {
             const int64_t mr = std::min<int64_t>(MR, mc - ir);
             const int64_t m = ic + ir, n = jc + jr;
             o.c = C + m * g.sc_m + n * g.sc_n;
-            micro_kernel<T, MR, NV>(kc, bufA + ir * kc, bufB + jr * kc, tile, o.c, g.sc_m);
+            if (direct)
+              micro_kernel<T, MR, NV, true>(kc, Ablk + ir * g.sa_m, g.sa_m, g.sa_k, mr, pb, b_sk,
+                                            tile, o.c, g.sc_m);
+            else
+              micro_kernel<T, MR, NV, false>(kc, bufA + ir * kc, 0, 0, mr, pb, b_sk, tile, o.c,
+                                             g.sc_m);
             o.p = P ? P + m * g.sp_m + n * g.sp_n : nullptr;
             o.bias = g.bias ? g.bias + (g.bias_dim == 1 ? n : m) * g.s_bias : nullptr;
             store_tile<T, NV>(tile, mr, nr, o);
@@ -381,12 +409,20 @@ void gemm_forward_impl(const GemmArgs<T>& g, bool may_transpose = true) {
   }
   int64_t tm, tn;
   choose_split(mb, nb, parts, &tm, &tn);
+  // Small GEMMs (M*N*K up to 2^22, e.g. a Linear layer on a minibatch of 32-64) are dominated
+  // by packing: every task would pack all of A or B for a few microkernel calls. They read the
+  // operands in place instead (PYKERNELS_GEMM_DIRECT=0/1 forces either way, for measurements).
+  static const int direct_env = [] {
+    const char* e = std::getenv("PYKERNELS_GEMM_DIRECT");
+    return e ? std::atoi(e) : -1;
+  }();
+  const bool direct = direct_env >= 0 ? direct_env == 1 : double(g.M) * g.N * g.K <= 4194304.0;
   const int64_t per = tm * tn;
   auto task = [&](int64_t t, int) {
     const int64_t bidx = t / per, r = t % per, im = r / tn, in = r % tn;
     const int64_t m0 = std::min(g.M, (im * mb / tm) * MR), m1 = std::min(g.M, ((im + 1) * mb / tm) * MR);
     const int64_t n0 = std::min(g.N, (in * nb / tn) * NR), n1 = std::min(g.N, ((in + 1) * nb / tn) * NR);
-    if (m0 < m1 && n0 < n1) gemm_task(g, bidx, m0, m1, n0, n1);
+    if (m0 < m1 && n0 < n1) gemm_task(g, bidx, m0, m1, n0, n1, direct);
   };
   if (parts == 1 && (threads == 1 || flops < 1.0e6)) {
     for (int64_t t = 0; t < g.batch; ++t) task(t, 0);

@@ -137,6 +137,16 @@ def test_linear_batched_non_contiguous_x(backend, dtype, gen):
                  gen=gen, terms=linear_terms(x.shape, 6), torch_fn=torch_linear)
 
 
+@pytest.mark.parametrize("needs", [("x",), ("weight",), ("bias",), ("x", "bias")], ids="+".join)
+def test_linear_partial_grads(backend, dtype, needs, gen):
+    # frozen layers: only some inputs require grad, the backward computes only those
+    x_shape, N = (33, 35), 34
+    inputs = linear_inputs(x_shape, N, dtype, gen, activation="sigmoid", device=backend.device)
+    with backend.context():
+        check_op(ops.linear, LINEAR, inputs, kwargs=dict(activation="sigmoid"), gen=gen,
+                 grad=needs, terms=linear_terms(x_shape, N), torch_fn=torch_linear)
+
+
 # ----------------------------------------------------------------------------------------------
 # matmul: 2-D, batched, broadcast batch dims, odd sizes, layouts
 
@@ -204,6 +214,15 @@ def test_matmul_1d_like_torch(backend, dtype, shapes, gen):
     assert_close(c, tc, terms=7, name="out vs torch")
     assert_close(da, tda, terms=15, name="grad of a vs torch")
     assert_close(db, tdb, terms=15, name="grad of b vs torch")
+
+
+@pytest.mark.parametrize("needs", [("a",), ("b",)], ids="+".join)
+def test_matmul_partial_grads(backend, dtype, needs, gen):
+    a = make_tensor((2, 1, 33, 34), dtype, gen, device=backend.device)
+    b = make_tensor((3, 34, 35), dtype, gen, device=backend.device)
+    with backend.context():
+        check_op(ops.matmul, MATMUL, dict(a=a, b=b), gen=gen, grad=needs,
+                 terms=matmul_terms(a.shape, b.shape), torch_fn=torch.matmul)
 
 
 def test_matmul_expanded_batch(backend, dtype, gen):
