@@ -105,6 +105,9 @@ PYBIND11_MODULE(_C, m) {
   m.def("get_num_threads", &pk::num_threads);
   m.def("attach_host_openmp", &pk::attach_host_openmp,
         "Run parallel regions on the process's OpenMP runtime (torch's libgomp); False if absent.");
+  m.def("gemm_direct_mode", &pk::gemm_direct_mode);
+  m.def("set_gemm_direct_mode", &pk::set_gemm_direct_mode, py::arg("mode"),
+        "-1: small GEMMs skip packing (default); 0: always pack; 1: read A in place always.");
   m.def("thread_backend", [] { return std::string(pk::thread_backend()); });
   m.def("fma_peak_gflops", [](int threads, const std::string& dtype) {
     if (dtype != "float32" && dtype != "float64")

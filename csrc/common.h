@@ -32,6 +32,7 @@ struct GemmArgs {
 // Backward of the fused epilogue on a 2-D [M, N] problem:
 //   dz = dy * act'(saved)   (saved = y for none/relu/tanh/sigmoid, the pre-activation z for gelu)
 //   dbias[n] = sum_m dz[m, n]   (when dbias != nullptr)
+// dz == nullptr is allowed for act == None: then only dbias = sum_m dy[m, n] is computed.
 template <typename T>
 struct EpilogueBwdArgs {
   int64_t M, N;
@@ -46,6 +47,10 @@ struct EpilogueBwdArgs {
 // torch's own OpenMP team when it is loaded (see threadpool.cpp), else a small private pool.
 int num_threads();
 void set_num_threads(int n);
+// GEMM operand packing: -1 automatic (small problems read operands in place), 0 always pack,
+// 1 never pack A (nor row-major B). Default from PYKERNELS_GEMM_DIRECT; settable for tests.
+int gemm_direct_mode();
+void set_gemm_direct_mode(int mode);
 // Use the OpenMP runtime already loaded in the process (torch's) instead of the private pool.
 bool attach_host_openmp();
 const char* thread_backend();  // "host-openmp" or "pool"
@@ -78,5 +83,44 @@ const char* active_isa();
 PK_DECLARE_ISA(avx512)
 PK_DECLARE_ISA(avx2)
 PK_DECLARE_ISA(generic)
+
+// ---- pool2d (pool2d.cpp, compiled once per ISA; bound in pool2d_bind.cpp) ---------------------
+// Window of a pooling op. adaptive: windows [floor(i*H/OH), ceil((i+1)*H/OH)) and the
+// k/s/p/d fields are unused. divisor_override 0 = none (avg only).
+struct PoolWindow {
+  int kH, kW, sH, sW, pH, pW, dH, dW;
+  bool adaptive;
+  bool count_include_pad;
+  int64_t divisor_override;
+};
+
+// input [N, C, H, W], output [N, C, OH, OW]; strides in elements, in the order n, c, h, w.
+// Forward: in = x (read), out = out (written), idx = max indices (written; nullptr = skip).
+// Backward: in = grad_in (fully written), out = grad_out (read), idx = max indices (read).
+template <typename T>
+struct Pool2dArgs {
+  int64_t N, C, H, W, OH, OW;
+  T* in; int64_t s_in[4];
+  T* out; int64_t s_out[4];
+  int64_t* idx; int64_t s_idx[4];
+  PoolWindow win;
+};
+
+#define PK_DECLARE_POOL2D(NS)                                       \
+  namespace NS {                                                    \
+  void max_pool2d_forward(const Pool2dArgs<float>& a);              \
+  void max_pool2d_forward(const Pool2dArgs<double>& a);             \
+  void max_pool2d_backward(const Pool2dArgs<float>& a);             \
+  void max_pool2d_backward(const Pool2dArgs<double>& a);            \
+  void avg_pool2d_forward(const Pool2dArgs<float>& a);              \
+  void avg_pool2d_forward(const Pool2dArgs<double>& a);             \
+  void avg_pool2d_backward(const Pool2dArgs<float>& a);             \
+  void avg_pool2d_backward(const Pool2dArgs<double>& a);            \
+  }
+
+PK_DECLARE_POOL2D(avx512)
+PK_DECLARE_POOL2D(avx2)
+PK_DECLARE_POOL2D(generic)
+// ---- end pool2d ------------------------------------------------------------------------------
 
 }  // namespace pk

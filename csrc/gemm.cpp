@@ -411,12 +411,9 @@ void gemm_forward_impl(const GemmArgs<T>& g, bool may_transpose = true) {
   choose_split(mb, nb, parts, &tm, &tn);
   // Small GEMMs (M*N*K up to 2^22, e.g. a Linear layer on a minibatch of 32-64) are dominated
   // by packing: every task would pack all of A or B for a few microkernel calls. They read the
-  // operands in place instead (PYKERNELS_GEMM_DIRECT=0/1 forces either way, for measurements).
-  static const int direct_env = [] {
-    const char* e = std::getenv("PYKERNELS_GEMM_DIRECT");
-    return e ? std::atoi(e) : -1;
-  }();
-  const bool direct = direct_env >= 0 ? direct_env == 1 : double(g.M) * g.N * g.K <= 4194304.0;
+  // operands in place instead (gemm_direct_mode() forces either way, for tests and measurements).
+  const int mode = gemm_direct_mode();
+  const bool direct = mode >= 0 ? mode == 1 : double(g.M) * g.N * g.K <= 4194304.0;
   const int64_t per = tm * tn;
   auto task = [&](int64_t t, int) {
     const int64_t bidx = t / per, r = t % per, im = r / tn, in = r % tn;

@@ -16,6 +16,7 @@
 // After fork() the child starts a fresh pool.
 #include <atomic>
 #include <chrono>
+#include <cstdlib>
 #include <condition_variable>
 #include <memory>
 #include <mutex>
@@ -166,6 +167,16 @@ bool attach_host_openmp() {
 }
 
 const char* thread_backend() { return g_gomp_parallel.load() ? "host-openmp" : "pool"; }
+
+namespace {
+std::atomic<int> g_gemm_direct{[] {
+  const char* e = std::getenv("PYKERNELS_GEMM_DIRECT");
+  return e ? std::atoi(e) : -1;
+}()};
+}  // namespace
+
+int gemm_direct_mode() { return g_gemm_direct.load(std::memory_order_relaxed); }
+void set_gemm_direct_mode(int mode) { g_gemm_direct.store(mode < 0 ? -1 : (mode ? 1 : 0)); }
 
 int num_threads() { return g_threads.load(std::memory_order_relaxed); }
 
