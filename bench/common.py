@@ -405,11 +405,11 @@ def _fmt(x: Optional[float], spec: str) -> str:
     return "-" if x is None else format(x, spec)
 
 
-def print_table(records: Iterable[Record], file=None) -> None:
-    """Plain-text table: times are medians; torch/pk > 1 means pykernels is faster."""
-    file = file if file is not None else sys.stdout
-    header = ("op", "group", "shape", "dtype", "thr", "pykernels", "baseline", "base/pk",
-              "pk GF/s", "base GF/s", "% peak", "note")
+_HEADER = ("op", "group", "shape", "dtype", "thr", "pykernels", "baseline", "base/pk",
+           "pk GF/s", "base GF/s", "% peak", "note")
+
+
+def _table_rows(records: Iterable[Record]):
     rows = []
     for r in records:
         base = r.baseline if r.baseline != "torch" else ""
@@ -419,6 +419,22 @@ def print_table(records: Iterable[Record], file=None) -> None:
             f"{r.ratio:.2f}x", _fmt(r.gflops, ".1f"), _fmt(r.torch_gflops, ".1f"),
             _fmt(None if r.frac_peak is None else 100 * r.frac_peak, ".0f"), r.note,
         ))
+    return rows
+
+
+def markdown_table(records: Iterable[Record]) -> str:
+    """The same table as print_table, as GitHub markdown (for the README and closing notes)."""
+    rows = _table_rows(records)
+    out = ["| " + " | ".join(_HEADER) + " |", "|" + "---|" * len(_HEADER)]
+    out += ["| " + " | ".join(c.replace("|", "/") for c in row) + " |" for row in rows]
+    return "\n".join(out) + "\n"
+
+
+def print_table(records: Iterable[Record], file=None) -> None:
+    """Plain-text table: times are medians; torch/pk > 1 means pykernels is faster."""
+    file = file if file is not None else sys.stdout
+    header = _HEADER
+    rows = _table_rows(records)
     widths = [max(len(h), *(len(row[i]) for row in rows)) if rows else len(h) for i, h in enumerate(header)]
     right = {4, 5, 6, 7, 8, 9, 10}
 

@@ -20,7 +20,8 @@ import torch
 
 import pykernels
 
-from .common import Record, default_results_dir, machine_limits, machine_name, plot_op, print_table, write_json
+from .common import (Record, default_results_dir, machine_limits, machine_name, markdown_table, plot_op,
+                     print_table, write_json)
 
 _PREFIX = "bench_"
 
@@ -47,6 +48,7 @@ def _parser(ops: List[str]) -> argparse.ArgumentParser:
                    "(default: <results dir>/<machine>.json)")
     p.add_argument("--plot", metavar="DIR", help="folder for the PNG plots (default: the results dir); "
                    "'none' to skip")
+    p.add_argument("--markdown", metavar="PATH", help="also write the table as markdown to PATH")
     p.add_argument("--threads", type=int, metavar="N", help="threads for pykernels and torch (default: unchanged)")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (cuda if available; default)")
     p.add_argument("--dtype", default="float32", choices=("float32", "float64", "float16", "bfloat16"),
@@ -136,6 +138,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     if records:
         print()
         print_table(records)
+        if args.markdown:
+            Path(args.markdown).write_text(markdown_table(records))
         print("times are medians of interleaved runs; base/pk > 1 means pykernels is faster")
         results = default_results_dir()
         json_path = Path(args.json) if args.json else results / f"{machine}.json"
