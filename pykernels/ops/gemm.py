@@ -217,18 +217,25 @@ def _linear_impl(x: Tensor, weight: Tensor, bias: Optional[Tensor], activation: 
     out = x.new_empty(out_shape)
     pre = x.new_empty(out_shape) if save_preact else x.new_empty(0)
     if backend == "cpp" and x.dim() == 2:  # the common case, straight to the kernel
-        (sxm, sxk), (swn, swk) = x.stride(), weight.stride()
-        n = weight.shape[0]
-        _C.gemm_forward(x.dtype == torch.float64, 1, x.shape[0], n, x.shape[1],
-                        x.data_ptr(), 0, sxm, sxk, weight.data_ptr(), 0, swk, swn,
-                        out.data_ptr(), 0, n, 1,
-                        0 if bias is None else bias.data_ptr(), 0 if bias is None else bias.stride(0),
-                        1, activation, pre.data_ptr() if save_preact else 0, 0, n, 1, False)
+        _linear_cpp2d(x, weight, bias, activation, out, pre if save_preact else None)
         return out, pre
     linear_forward_views(_launcher(backend), view(x), view(weight),
                          None if bias is None else view(bias), activation, view(out),
                          view(pre) if save_preact else None)
     return out, pre
+
+
+def _linear_cpp2d(x: Tensor, weight: Tensor, bias: Optional[Tensor], activation: int, out: Tensor,
+                  pre: Optional[Tensor]) -> Tensor:
+    """x [M, K] @ weight^T on the C++ kernel, straight from the tensors' strides."""
+    (sxm, sxk), (swn, swk) = x.stride(), weight.stride()
+    n = weight.shape[0]
+    _C.gemm_forward(x.dtype == torch.float64, 1, x.shape[0], n, x.shape[1],
+                    x.data_ptr(), 0, sxm, sxk, weight.data_ptr(), 0, swk, swn,
+                    out.data_ptr(), 0, n, 1,
+                    0 if bias is None else bias.data_ptr(), 0 if bias is None else bias.stride(0),
+                    1, activation, 0 if pre is None else pre.data_ptr(), 0, n, 1, False)
+    return out
 
 
 _linear_op = torch.library.custom_op("pykernels::linear", mutates_args=())(_linear_impl)
@@ -395,6 +402,8 @@ def linear(x: Tensor, weight: Tensor, bias: Optional[Tensor] = None,
         if save or (torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad or
                                                  (bias is not None and bias.requires_grad))):
             return _LinearEager.apply(x, weight, bias, act, save)[0]
+        if backend == "cpp" and x.dim() == 2:  # inference on a matrix: nothing else to do
+            return _linear_cpp2d(x, weight, bias, act, x.new_empty((x.shape[0], weight.shape[0])), None)
         return _linear_impl(x, weight, bias, act, False)[0]
     return _linear_op(x, weight, bias, act, save)[0]
 
