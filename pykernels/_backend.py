@@ -12,6 +12,8 @@ import contextlib
 import contextvars
 import os
 
+import torch
+
 BACKENDS = ("auto", "cpp", "triton", "reference")
 _current = contextvars.ContextVar("pykernels_backend", default="auto")
 
@@ -37,7 +39,13 @@ def current_backend() -> str:
 
 
 def resolve(device) -> str:
-    """The concrete backend ("cpp", "triton" or "reference") for tensors on ``device``."""
+    """The concrete backend ("cpp", "triton" or "reference") for tensors on ``device``.
+
+    While torch.compile traces a function (where a ContextVar cannot be read), the public
+    wrappers see the "auto" choice; the ops' kernels, which run outside the trace, still read
+    the ``backend(...)`` in force when they execute."""
+    if torch.compiler.is_compiling():
+        return "triton" if device.type == "cuda" else "cpp"
     name = _current.get()
     if name == "auto":
         return "triton" if device.type == "cuda" else "cpp"
