@@ -305,6 +305,8 @@ class Record:
     threads: Optional[int] = None
     baseline: str = "torch"  # what the torch_ms column measured (normally torch)
     note: str = ""
+    unit: str = "GFLOP/s"  # of gflops / torch_gflops: "GB/s" for memory-bound ops (then
+    #                        frac_peak is the fraction of the measured copy bandwidth)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -405,8 +407,13 @@ def _fmt(x: Optional[float], spec: str) -> str:
     return "-" if x is None else format(x, spec)
 
 
+def _rate(v: Optional[float], unit: str) -> str:
+    return "-" if v is None else f"{v:.1f} {_UNIT_SHORT.get(unit, unit)}"
+
+
 _HEADER = ("op", "group", "shape", "dtype", "thr", "pykernels", "baseline", "base/pk",
-           "pk GF/s", "base GF/s", "% peak", "note")
+           "pk rate", "base rate", "% limit", "note")
+_UNIT_SHORT = {"GFLOP/s": "GF/s", "GB/s": "GB/s"}
 
 
 def _table_rows(records: Iterable[Record]):
@@ -416,7 +423,7 @@ def _table_rows(records: Iterable[Record]):
         rows.append((
             r.op, r.group, r.shape, r.dtype, _fmt(r.threads, "d"),
             _fmt_time(r.pk_ms), _fmt_time(r.torch_ms) + (f" ({base})" if base else ""),
-            f"{r.ratio:.2f}x", _fmt(r.gflops, ".1f"), _fmt(r.torch_gflops, ".1f"),
+            f"{r.ratio:.2f}x", _rate(r.gflops, r.unit), _rate(r.torch_gflops, r.unit),
             _fmt(None if r.frac_peak is None else 100 * r.frac_peak, ".0f"), r.note,
         ))
     return rows
@@ -498,9 +505,11 @@ def plot_op(records: Sequence[Record], op: str, outdir, machine: str,
     ax.barh([y[i] + h / 2 for i in flop_rows], [rows[i].gflops for i in flop_rows], h, label="pykernels", color="tab:blue")
     ax.barh([y[i] - h / 2 for i in flop_rows], [rows[i].torch_gflops for i in flop_rows], h, label="baseline (torch)",
             color="tab:orange")
+    unit = rows[0].unit
     if peak_gflops:
-        ax.axvline(peak_gflops, color="k", ls="--", lw=1, label=f"measured FMA peak ({peak_gflops:.0f})")
-    ax.set_xlabel("GFLOP/s (2*M*N*K / t)")
+        limit = "measured FMA peak" if unit == "GFLOP/s" else "measured copy bandwidth"
+        ax.axvline(peak_gflops, color="k", ls="--", lw=1, label=f"{limit} ({peak_gflops:.0f})")
+    ax.set_xlabel("GFLOP/s (2*M*N*K / t)" if unit == "GFLOP/s" else f"{unit} (bytes moved / t)")
     ax.set_yticks(y)
     ax.set_yticklabels(labels, fontsize=8)
     ax.legend(loc="lower right", fontsize=8)

@@ -148,7 +148,9 @@ def main(argv: Optional[List[str]] = None) -> int:
         if (args.plot or "").lower() != "none":
             plot_dir = Path(args.plot) if args.plot else results
             for op in dict.fromkeys(r.op for r in records):
-                png = plot_op(records, op, plot_dir, machine, peak_gflops=peak32 if dtype == torch.float32 else None)
+                unit = next(r.unit for r in records if r.op == op)
+                limit = limits.get("copy_gbs") if unit == "GB/s" else (peak32 if dtype == torch.float32 else None)
+                png = plot_op(records, op, plot_dir, machine, peak_gflops=limit)
                 if png:
                     print(f"plot:    {png}")
     return 1 if failed else 0

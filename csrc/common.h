@@ -97,12 +97,15 @@ struct PoolWindow {
 // input [N, C, H, W], output [N, C, OH, OW]; strides in elements, in the order n, c, h, w.
 // Forward: in = x (read), out = out (written), idx = max indices (written; nullptr = skip).
 // Backward: in = grad_in (fully written), out = grad_out (read), idx = max indices (read).
+// idx holds int64 (torch's indices), or int32 when idx32 (indices the ops layer keeps only for
+// its own backward: half the bytes).
 template <typename T>
 struct Pool2dArgs {
   int64_t N, C, H, W, OH, OW;
   T* in; int64_t s_in[4];
   T* out; int64_t s_out[4];
-  int64_t* idx; int64_t s_idx[4];
+  void* idx; int64_t s_idx[4];
+  bool idx32;
   PoolWindow win;
 };
 

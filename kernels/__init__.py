@@ -8,5 +8,18 @@ CPU tensors work only in the Triton interpreter: set ``TRITON_INTERPRET=1`` befo
 """
 
 from .gemm import gemm_backward, gemm_forward
+from .pool2d import (
+    adaptive_avg_pool2d_backward,
+    adaptive_avg_pool2d_forward,
+    adaptive_max_pool2d_forward,
+    avg_pool2d_backward,
+    avg_pool2d_forward,
+    max_pool2d_backward,
+    max_pool2d_forward,
+)
 
-__all__ = ["gemm_forward", "gemm_backward"]
+__all__ = [
+    "gemm_forward", "gemm_backward",
+    "max_pool2d_forward", "max_pool2d_backward", "avg_pool2d_forward", "avg_pool2d_backward",
+    "adaptive_avg_pool2d_forward", "adaptive_avg_pool2d_backward", "adaptive_max_pool2d_forward",
+]

@@ -134,7 +134,8 @@ def _describe_mismatch(name, got, ref, bound, bad, tol, terms, dtype, max_show=8
     return "\n".join(lines)
 
 
-def assert_close(got, expected, *, dtype=None, terms=1, name="output", tol=None, reason=None):
+def assert_close(got, expected, *, dtype=None, terms=1, name="output", tol=None, reason=None,
+                 match_nonfinite=False):
     """Assert `got` matches `expected` elementwise within the tolerance for `dtype`.
 
     got, expected: tensors or arrays of the same shape (compared in float64 on the CPU).
@@ -142,6 +143,9 @@ def assert_close(got, expected, *, dtype=None, terms=1, name="output", tol=None,
     terms: number of products summed into each element (see the module header); int.
     tol/reason: per-call override of TOLERANCES fields, e.g. tol=dict(rtol=1e-3), reason="...".
     Non-float data (indices) must match exactly. NaN in `got` never passes.
+    match_nonfinite: True for ops that must propagate NaN/inf (pooling, softmax): where
+        `expected` is NaN, +inf or -inf, `got` must be exactly that too; the finite elements are
+        compared as usual (their RMS sets the scale). Off by default.
     """
     dtype = _dtype_of(got) if dtype is None else dtype
     g, e = to_numpy(got), to_numpy(expected)
@@ -154,6 +158,16 @@ def assert_close(got, expected, *, dtype=None, terms=1, name="output", tol=None,
         return
     if g.size == 0:
         return
+    if match_nonfinite:
+        special = ~np.isfinite(e)
+        same = (np.isnan(g) & np.isnan(e)) | (g == e)
+        wrong = special & ~same
+        assert not wrong.any(), f"{name}: {int(wrong.sum())} non-finite expected values not matched; first at " + (
+            ", ".join(f"{tuple(int(i) for i in idx)}: {g[idx]!r} vs {e[idx]!r}"
+                      for idx in list(zip(*np.nonzero(wrong)))[:8]))
+        if special.all():
+            return
+        g, e = np.where(special, 0.0, g), np.where(special, 0.0, e)
     t = tolerance_for(dtype, tol, reason)
     scale = np.maximum(np.abs(e), math.sqrt(float(np.mean(e * e))))
     bound = t.atol + (t.rtol + t.rtol_acc * math.sqrt(max(terms, 1))) * scale
@@ -191,7 +205,7 @@ def _terms_for(terms, key):
 
 
 def check_op(fn, reference, inputs, *, kwargs=None, gen=None, grad=True, terms=1,
-             tol=None, reason=None, expected_dtype=None, torch_fn=None):
+             tol=None, reason=None, expected_dtype=None, torch_fn=None, match_nonfinite=False):
     """Check a pykernels callable against its float64 reference: shape, dtype, forward, gradients.
 
     fn: the pykernels callable, called as fn(*inputs.values(), **kwargs) (inside whatever
@@ -205,6 +219,7 @@ def check_op(fn, reference, inputs, *, kwargs=None, gen=None, grad=True, terms=1
     expected_dtype: dtype of the outputs (default: dtype of the first floating input).
     torch_fn: optional PyTorch implementation with the same signature; its outputs and gradients
         (same inputs, same upstream gradients) are compared too, with the doubled bound.
+    match_nonfinite: passed to every assert_close (NaN/inf in the reference must be reproduced).
     Returns the outputs of fn, for further checks.
     """
     kwargs = dict(kwargs or {})
@@ -247,7 +262,7 @@ def check_op(fn, reference, inputs, *, kwargs=None, gen=None, grad=True, terms=1
             assert o.dtype == expected_dtype, f"{key}: dtype {o.dtype}, expected {expected_dtype}"
         assert o.device in devices or not devices, f"{key}: device {o.device}, inputs on {devices}"
         assert_close(o, r, dtype=o.dtype, terms=_terms_for(terms, key), name=key, tol=tol,
-                     reason=reason)
+                     reason=reason, match_nonfinite=match_nonfinite)
 
     touts = None
     if torch_fn is not None:
@@ -257,7 +272,7 @@ def check_op(fn, reference, inputs, *, kwargs=None, gen=None, grad=True, terms=1
         for i, (o, t) in enumerate(zip(outs, touts)):
             key = f"out{i}" if multi else "out"
             assert_close(o, t, dtype=o.dtype, terms=_terms_for(terms, key), name=f"{key} vs torch",
-                         tol=tol, reason=reason)
+                         tol=tol, reason=reason, match_nonfinite=match_nonfinite)
 
     if not want_grad:
         return outs
@@ -279,7 +294,7 @@ def check_op(fn, reference, inputs, *, kwargs=None, gen=None, grad=True, terms=1
         assert tuple(g.shape) == tuple(leaf.shape), f"grad of {n}: shape {tuple(g.shape)}, expected {tuple(leaf.shape)}"
         assert g.dtype == leaf.dtype, f"grad of {n}: dtype {g.dtype}, expected {leaf.dtype}"
         assert_close(g, r, dtype=g.dtype, terms=_terms_for(terms, n), name=f"grad of {n}",
-                     tol=tol, reason=reason)
+                     tol=tol, reason=reason, match_nonfinite=match_nonfinite)
 
     if touts is not None:
         tdiff = [t for t in touts if t.is_floating_point()]
@@ -287,7 +302,8 @@ def check_op(fn, reference, inputs, *, kwargs=None, gen=None, grad=True, terms=1
         for n, g, t in zip(want_grad, grads, tgrads):
             if g is not None and t is not None:
                 assert_close(g, t, dtype=g.dtype, terms=_terms_for(terms, n),
-                             name=f"grad of {n} vs torch", tol=tol, reason=reason)
+                             name=f"grad of {n} vs torch", tol=tol, reason=reason,
+                             match_nonfinite=match_nonfinite)
     return outs
 
 

@@ -1,5 +1,6 @@
 """Modules: subclasses of their torch.nn counterparts with the same constructor arguments,
 parameters and state_dict keys, whose forward runs pykernels ops."""
 from .linear import Linear
+from .pooling import AdaptiveAvgPool2d, AdaptiveMaxPool2d, AvgPool2d, MaxPool2d
 
-__all__ = ["Linear"]
+__all__ = ["Linear", "MaxPool2d", "AvgPool2d", "AdaptiveAvgPool2d", "AdaptiveMaxPool2d"]

@@ -5,5 +5,6 @@ CPU tensors run the C++ kernels (pykernels._C), CUDA tensors the Triton kernels
 (pykernels.kernels), unless ``pykernels.backend(...)`` says otherwise.
 """
 from .gemm import linear, matmul
+from .pool2d import adaptive_avg_pool2d, adaptive_max_pool2d, avg_pool2d, max_pool2d
 
-__all__ = ["linear", "matmul"]
+__all__ = ["linear", "matmul", "max_pool2d", "avg_pool2d", "adaptive_avg_pool2d", "adaptive_max_pool2d"]

@@ -164,9 +164,10 @@ def _eager(t: Tensor) -> bool:
     """True for a plain tensor in eager mode. There the public functions call the op's
     implementation directly (through a torch.autograd.Function when a gradient is needed) and
     skip the custom op's Python dispatch, ~13 us a call here, which dominates small GEMMs. Under
-    torch.compile / export, for tensor subclasses (FakeTensor, ...) and in opcheck, the
-    registered custom op runs: same kernels, same formulas."""
-    return type(t) is Tensor and not torch.compiler.is_compiling()
+    torch.compile / export, for tensor subclasses (FakeTensor, ...), under a dispatch mode and in
+    opcheck, the registered custom op runs: same kernels, same formulas."""
+    return (type(t) is Tensor and not torch.compiler.is_compiling()
+            and torch._C._len_torch_dispatch_stack() == 0)
 
 
 # ---- argument checks ----------------------------------------------------------------------
@@ -331,6 +332,8 @@ def _linear_setup(ctx, inputs, output):
 def _linear_grad_with(backward):
     def grad(ctx, grad_out, grad_pre):
         x, weight, bias, saved = ctx.saved_tensors
+        if grad_out is None:  # the output was not used (eager path: grads are not materialised)
+            return None, None, None, None, None
         if S.ACTIVATION_NAMES[ctx.activation] == "gelu" and saved.numel() == 0 and x.numel():
             raise RuntimeError("pykernels.ops.linear: the gelu pre-activation was not saved; call "
                                "linear with grad mode enabled to differentiate it")
@@ -355,6 +358,7 @@ class _LinearEager(torch.autograd.Function):
         output = _linear_impl(*inputs)
         _linear_setup(ctx, inputs, output)
         ctx.mark_non_differentiable(output[1])
+        ctx.set_materialize_grads(False)  # no zeros the size of `pre` for its (absent) gradient
         return output
 
     backward = staticmethod(_linear_grad_with(_linear_backward_impl))

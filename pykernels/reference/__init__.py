@@ -12,6 +12,17 @@ from .gemm import (
     matmul_backward,
     matmul_forward,
 )
+from .pool2d import (
+    adaptive_avg_pool2d_backward,
+    adaptive_avg_pool2d_forward,
+    adaptive_max_pool2d_backward,
+    adaptive_max_pool2d_forward,
+    avg_pool2d_backward,
+    avg_pool2d_forward,
+    max_pool2d_backward,
+    max_pool2d_forward,
+    pool2d_output_size,
+)
 
 __all__ = [
     "ACTIVATIONS",
@@ -21,4 +32,13 @@ __all__ = [
     "linear_forward",
     "matmul_backward",
     "matmul_forward",
+    "adaptive_avg_pool2d_backward",
+    "adaptive_avg_pool2d_forward",
+    "adaptive_max_pool2d_backward",
+    "adaptive_max_pool2d_forward",
+    "avg_pool2d_backward",
+    "avg_pool2d_forward",
+    "max_pool2d_backward",
+    "max_pool2d_forward",
+    "pool2d_output_size",
 ]
