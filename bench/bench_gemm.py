@@ -27,7 +27,7 @@ import pykernels
 import pykernels.nn
 import pykernels.ops
 
-from .common import PairTiming, Progress, Record, Stats, bench_pair, fma_peak_gflops, make_record, time_fn
+from .common import run_cases, PairTiming, Progress, Record, Stats, bench_pair, fma_peak_gflops, make_record, time_fn
 
 OP = "gemm"
 
@@ -195,16 +195,4 @@ def run(quick: bool = False, device: str = "cpu", dtype: torch.dtype = torch.flo
                         note="ratio ~1 = no contention")]
         cases.append(("no-fight torch/pk OpenMP", no_fight))
 
-    records: List[Record] = []
-    bar = Progress(len(cases), f"bench {OP}") if progress else None
-    try:
-        for label, case in cases:
-            if bar:
-                bar.show(label)
-            records.extend(case())
-            if bar:
-                bar.update(label)
-    finally:
-        if bar:
-            bar.close()
-    return records
+    return run_cases(OP, cases, progress)

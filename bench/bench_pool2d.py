@@ -36,7 +36,7 @@ import torch.nn.functional as F
 import pykernels
 import pykernels.ops as ops
 
-from .common import Progress, Record, bench_pair, copy_bandwidth_gbs, make_record
+from .common import run_cases, Progress, Record, bench_pair, copy_bandwidth_gbs, make_record
 
 OP = "pool2d"
 
@@ -156,16 +156,4 @@ def run(quick: bool = False, device: str = "cpu", dtype: torch.dtype = torch.flo
                         dt=torch.float64)]
         cases.append(("fp64 max k3 s2 p1", fp64))
 
-    records: List[Record] = []
-    bar = Progress(len(cases), f"bench {OP}") if progress else None
-    try:
-        for label, case in cases:
-            if bar:
-                bar.show(label)
-            records.extend(case())
-            if bar:
-                bar.update(label)
-    finally:
-        if bar:
-            bar.close()
-    return records
+    return run_cases(OP, cases, progress)

@@ -24,7 +24,7 @@ import statistics
 import sys
 import time
 from pathlib import Path
-from typing import Callable, Iterable, Optional, Sequence
+from typing import Callable, Iterable, List, Optional, Sequence
 
 import torch
 
@@ -310,6 +310,23 @@ class Record:
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
+
+
+def run_cases(op: str, cases, progress: bool = True) -> List["Record"]:
+    """Runs (label, fn -> list of Records) cases in order under one progress bar."""
+    records: List[Record] = []
+    bar = Progress(len(cases), f"bench {op}") if progress else None
+    try:
+        for label, case in cases:
+            if bar:
+                bar.show(label)
+            records.extend(case())
+            if bar:
+                bar.update(label)
+    finally:
+        if bar:
+            bar.close()
+    return records
 
 
 def make_record(

@@ -34,18 +34,17 @@ Test (CPU, interpreter):  TRITON_INTERPRET=1 python -m pytest tests/test_gemm.py
 Benchmark (GPU):          python -m pykernels bench gemm
 """
 
-import os
-
 import torch
 import triton
 import triton.language as tl
+
+from ._launch import INTERPRET as _INTERPRET
+from ._launch import check_devices as _check_devices
 
 __all__ = ["gemm_forward", "gemm_backward", "ACTIVATIONS"]
 
 ACTIVATIONS = ("none", "relu", "gelu", "tanh", "sigmoid")
 
-# Decided once, at import: the interpreter runs kernels on CPU tensors with NumPy.
-_INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 _FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 _INT32_MAX = 2**31 - 1
@@ -325,21 +324,6 @@ def _check_tensor(name, t, ndim):
         raise ValueError(f"{name} must be {ndim}-D, got shape {tuple(t.shape)}")
     if t.dtype not in _FLOAT_DTYPES:
         raise TypeError(f"{name} must be float16, bfloat16, float32 or float64, got {t.dtype}")
-
-
-def _check_devices(named):
-    """All tensors on one device; CPU tensors only under the interpreter."""
-    device = None
-    for name, t in named:
-        if t is None:
-            continue
-        if device is None:
-            device, first = t.device, name
-        elif t.device != device:
-            raise ValueError(f"{name} is on {t.device} but {first} is on {device}; all must be on one device")
-    if device is not None and device.type != "cuda" and not _INTERPRET:
-        raise RuntimeError(f"{first} is on {device}: the Triton kernels need CUDA tensors, or "
-                           f"TRITON_INTERPRET=1 set before pykernels is imported to run on the CPU")
 
 
 def _needs_int64(*tensors, skip_batch):

@@ -47,11 +47,12 @@ Test (CPU, interpreter):  TRITON_INTERPRET=1 python -m pytest tests/test_pool2d.
 Benchmark (GPU):          python -m pykernels bench pool2d
 """
 
-import os
-
 import torch
 import triton
 import triton.language as tl
+
+from ._launch import INTERPRET as _INTERPRET
+from ._launch import check_devices as _check_devices
 
 __all__ = [
     "max_pool2d_forward",
@@ -63,8 +64,6 @@ __all__ = [
     "adaptive_max_pool2d_forward",
 ]
 
-# Decided once, at import: the interpreter runs kernels on CPU tensors with NumPy.
-_INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 _FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 _INT32_MAX = 2**31 - 1
@@ -549,21 +548,6 @@ def _check_images(name, t, N, C):
                          f"got {tuple(t.shape)}")
     if t.shape[2] <= 0 or t.shape[3] <= 0:
         raise ValueError(f"{name} must have non-empty H and W, got {tuple(t.shape)}")
-
-
-def _check_devices(named):
-    """All tensors on one device; CPU tensors only under the interpreter."""
-    device = None
-    for name, t in named:
-        if t is None:
-            continue
-        if device is None:
-            device, first = t.device, name
-        elif t.device != device:
-            raise ValueError(f"{name} is on {t.device} but {first} is on {device}; all must be on one device")
-    if device is not None and device.type != "cuda" and not _INTERPRET:
-        raise RuntimeError(f"{first} is on {device}: the Triton kernels need CUDA tensors, or "
-                           f"TRITON_INTERPRET=1 set before pykernels is imported to run on the CPU")
 
 
 def _check_ints(**params):
