@@ -157,6 +157,42 @@ def _check_cases():
         label = f"a{_shape(a_shape)}{'^T' if ta else ''} @ b{_shape(b_shape)}{'^T' if tb else ''}"
         return ("matmul", label, run)
 
+    def pool_case(kind, x_shape, channels_last=False, **kw):
+        def run(device, dtype, gen):
+            x = randn(x_shape, dtype, device, gen)
+            if channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            x.requires_grad_()
+            xn = np64(x)
+            if kind == "max_pool2d":
+                y, idx = pykernels.ops.max_pool2d(x, return_indices=True, **kw)
+                y_ref, idx_ref = R.max_pool2d_forward(xn, **kw)
+            elif kind == "avg_pool2d":
+                y = pykernels.ops.avg_pool2d(x, **kw)
+                y_ref = R.avg_pool2d_forward(xn, **kw)
+            elif kind == "adaptive_avg_pool2d":
+                y = pykernels.ops.adaptive_avg_pool2d(x, **kw)
+                y_ref = R.adaptive_avg_pool2d_forward(xn, **kw)
+            else:
+                y, idx = pykernels.ops.adaptive_max_pool2d(x, return_indices=True, **kw)
+                y_ref, idx_ref = R.adaptive_max_pool2d_forward(xn, **kw)
+            dy = randn(tuple(y.shape), dtype, device, gen)
+            (dx,) = torch.autograd.grad(y, [x], dy)
+            if kind == "max_pool2d":
+                dx_ref = R.max_pool2d_backward(np64(dy), idx_ref, x_shape)
+            elif kind == "avg_pool2d":
+                dx_ref = R.avg_pool2d_backward(np64(dy), x_shape, **kw)
+            elif kind == "adaptive_avg_pool2d":
+                dx_ref = R.adaptive_avg_pool2d_backward(np64(dy), x_shape)
+            else:
+                dx_ref = R.adaptive_max_pool2d_backward(np64(dy), idx_ref, x_shape)
+            out = [("y", y, y_ref), ("dx", dx, dx_ref)]
+            if kind.endswith("max_pool2d"):  # indices must match exactly: compare as numbers
+                out.append(("indices", idx.to(y.dtype), idx_ref.astype("float64")))  # exact below 2^24
+            return out
+        args = " ".join(f"{k}={v}" for k, v in kw.items())
+        return (kind, f"x{_shape(x_shape)}{' CL' if channels_last else ''} {args}", run)
+
     cases = [linear_case((37, 61), 29, True, act) for act in (None, "relu", "gelu", "tanh", "sigmoid")]
     cases += [
         linear_case((3, 17, 45), 23, False, None),
@@ -168,6 +204,13 @@ def _check_cases():
         matmul_case((67, 45), (45, 31), ta=True, tb=True),
         matmul_case((2, 1, 17, 23), (3, 23, 19)),  # broadcast batch dims
         matmul_case((5, 129, 65), (65, 33), tb=True),
+        pool_case("max_pool2d", (2, 3, 13, 17), kernel_size=3, stride=2, padding=1),
+        pool_case("max_pool2d", (2, 5, 12, 12), channels_last=True, kernel_size=2),
+        pool_case("max_pool2d", (1, 2, 11, 9), kernel_size=(3, 2), stride=2, dilation=2, ceil_mode=True),
+        pool_case("avg_pool2d", (2, 3, 13, 17), kernel_size=3, stride=2, padding=1, ceil_mode=True),
+        pool_case("avg_pool2d", (2, 3, 10, 10), kernel_size=2, count_include_pad=False, padding=1),
+        pool_case("adaptive_avg_pool2d", (2, 4, 13, 7), output_size=(3, 2)),
+        pool_case("adaptive_max_pool2d", (2, 4, 13, 7), output_size=(4, 3)),
     ]
     return cases
 
