@@ -249,7 +249,8 @@ def _(x, weight, bias, activation, save_preact):
 
 
 def _matrix(t: Tensor) -> Tensor:
-    """[..., C] -> [R, C] as a view when possible; a copy only for exotic grad layouts."""
+    """[..., C] -> [R, C] as a view when possible; a copy only when the leading dims cannot be
+    walked with one stride (a transposed batch of x, an exotic upstream gradient)."""
     if t.dim() == 1:
         return t.unsqueeze(0)
     v = view(t).merge_rows()
@@ -293,8 +294,7 @@ def _linear_backward_cpp2d(g, x, w, saved, act, dx, dw, db) -> None:
     dz = g
     if act:
         dz = torch.empty((m, n), dtype=g.dtype)
-        s = saved if act else g
-        _C.gemm_backward(fp64, m, n, g.data_ptr(), *g.stride(), s.data_ptr(), *s.stride(), act,
+        _C.gemm_backward(fp64, m, n, g.data_ptr(), *g.stride(), saved.data_ptr(), *saved.stride(), act,
                          dz.data_ptr(), n, 1, 0 if db is None else db.data_ptr(), 1)
     elif db is not None:  # bias gradient only: one column-sum pass over dy
         _C.gemm_backward(fp64, m, n, g.data_ptr(), *g.stride(), g.data_ptr(), *g.stride(), 0,
