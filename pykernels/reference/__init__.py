@@ -42,3 +42,21 @@ __all__ = [
     "max_pool2d_forward",
     "pool2d_output_size",
 ]
+
+from .conv2d import (  # noqa: E402
+    conv2d_backward,
+    conv2d_forward,
+    conv2d_output_size,
+    conv_transpose2d_backward,
+    conv_transpose2d_forward,
+    conv_transpose2d_output_size,
+)
+
+__all__ += [
+    "conv2d_backward",
+    "conv2d_forward",
+    "conv2d_output_size",
+    "conv_transpose2d_backward",
+    "conv_transpose2d_forward",
+    "conv_transpose2d_output_size",
+]
