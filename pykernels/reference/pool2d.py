@@ -40,6 +40,8 @@ Test: .venv/bin/python -m pytest tests/test_pool2d.py -q
 
 import numpy as np
 
+from ._args import pair as _pair
+
 __all__ = [
     "pool2d_output_size",
     "max_pool2d_forward",
@@ -54,15 +56,6 @@ __all__ = [
 
 
 # ---- arguments ------------------------------------------------------------------------------
-def _pair(name, v):
-    """An int or a 1- or 2-sequence of ints -> (vH, vW)."""
-    if isinstance(v, (tuple, list)):
-        if len(v) == 1:
-            v = (v[0], v[0])
-        if len(v) != 2:
-            raise ValueError(f"{name} must be an int or a pair of ints, got {v!r}")
-        return int(v[0]), int(v[1])
-    return int(v), int(v)
 
 
 def _params(kernel_size, stride, padding, dilation):
