@@ -27,7 +27,7 @@ import pykernels
 import pykernels.nn
 import pykernels.ops
 
-from .common import run_cases, PairTiming, Progress, Record, Stats, bench_pair, fma_peak_gflops, make_record, time_fn
+from .common import run_cases, setup_run, PairTiming, Progress, Record, Stats, bench_pair, fma_peak_gflops, make_record, time_fn
 
 OP = "gemm"
 
@@ -56,13 +56,7 @@ def _set_threads(n: int) -> None:
 def run(quick: bool = False, device: str = "cpu", dtype: torch.dtype = torch.float32,
         progress: bool = True) -> List[Record]:
     """Run every GEMM benchmark; returns the records (printing and saving is bench.run's job)."""
-    device = str(torch.device(device))
-    on_cpu = torch.device(device).type == "cpu"
-    gen = torch.Generator(device="cpu").manual_seed(0)
-    budget = 0.75 if quick else 2.0
-    threads = pykernels.get_num_threads() if on_cpu else None
-    if on_cpu and torch.get_num_threads() != threads:
-        torch.set_num_threads(threads)  # same thread count on both sides, or the ratio means nothing
+    device, on_cpu, gen, budget, threads = setup_run(device, quick)
 
     def randn(*shape, dt=dtype):
         return torch.randn(*shape, generator=gen, dtype=torch.float32).to(device=device, dtype=dt)

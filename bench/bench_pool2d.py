@@ -36,7 +36,7 @@ import torch.nn.functional as F
 import pykernels
 import pykernels.ops as ops
 
-from .common import run_cases, Progress, Record, bench_pair, copy_bandwidth_gbs, make_record
+from .common import run_cases, setup_run, Progress, Record, bench_pair, copy_bandwidth_gbs, make_record
 
 OP = "pool2d"
 
@@ -53,13 +53,7 @@ POOLS = (
 def run(quick: bool = False, device: str = "cpu", dtype: torch.dtype = torch.float32,
         progress: bool = True) -> List[Record]:
     """Run every pooling benchmark; returns the records (printing and saving is bench.run's job)."""
-    device = str(torch.device(device))
-    on_cpu = torch.device(device).type == "cpu"
-    gen = torch.Generator(device="cpu").manual_seed(0)
-    budget = 0.75 if quick else 2.0
-    threads = pykernels.get_num_threads() if on_cpu else None
-    if on_cpu and torch.get_num_threads() != threads:
-        torch.set_num_threads(threads)  # same thread count on both sides
+    device, on_cpu, gen, budget, threads = setup_run(device, quick)
     # the same probe (and cached result) as the runner's machine limits
     copy_gbs = copy_bandwidth_gbs(device, (256 << 20) if quick else (1 << 30))
 

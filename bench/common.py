@@ -312,6 +312,21 @@ class Record:
         return dataclasses.asdict(self)
 
 
+def setup_run(device: str, quick: bool):
+    """Common start of every bench_<op>.run: (device, on_cpu, seeded CPU generator, time budget
+    per case in seconds, pykernels' thread count). On the CPU, torch gets the same thread count
+    as pykernels, or the ratio means nothing."""
+    import pykernels
+
+    device = str(torch.device(device))
+    on_cpu = torch.device(device).type == "cpu"
+    gen = torch.Generator(device="cpu").manual_seed(0)
+    threads = pykernels.get_num_threads() if on_cpu else None
+    if on_cpu and torch.get_num_threads() != threads:
+        torch.set_num_threads(threads)
+    return device, on_cpu, gen, (0.75 if quick else 2.0), threads
+
+
 def run_cases(op: str, cases, progress: bool = True) -> List["Record"]:
     """Runs (label, fn -> list of Records) cases in order under one progress bar."""
     records: List[Record] = []
