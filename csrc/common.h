@@ -126,4 +126,50 @@ PK_DECLARE_POOL2D(avx2)
 PK_DECLARE_POOL2D(generic)
 // ---- end pool2d ------------------------------------------------------------------------------
 
+// ---- conv2d (conv2d.cpp, compiled once per ISA; bound in conv2d_bind.cpp) -------------------
+// Geometry of the forward convolution: x [N, C, H, W], weight [K, C/groups, R, S],
+// y [N, K, OH, OW]; stride sH, sW, top/left padding pH, pW, dilation dH, dW. Strides in elements
+// (n, c, h, w for images; k, c, r, s for the weight). Roles per pass:
+//   forward:          reads x, w (+ bias[K]);  writes y = act(conv + bias) (+ preact = conv + bias)
+//   backward_input:   reads y (= grad_out), w (+ bias[C]);  writes x (= grad_in, every element)
+//   backward_weight:  reads y (= grad_out), x;  writes w (= grad_weight, every element)
+template <typename T>
+struct ConvArgs {
+  int64_t N, C, H, W, K, R, S, OH, OW, groups, sH, sW, pH, pW, dH, dW;
+  T* x; int64_t sx[4];
+  T* w; int64_t sw[4];
+  T* y; int64_t sy[4];
+  const T* bias; int64_t s_bias;
+  Act act;
+  T* preact; int64_t sp[4];
+};
+
+// dz = dy * act'(saved) (dz == nullptr allowed for act None), dbias[k] = sum_{n,h,w} dz (or dy).
+template <typename T>
+struct ConvBiasGradArgs {
+  int64_t N, K, OH, OW;
+  const T* dy; int64_t sdy[4];
+  const T* saved; int64_t ss[4];
+  Act act;
+  T* dz; int64_t sdz[4];
+  T* dbias; int64_t s_dbias;
+};
+
+#define PK_DECLARE_CONV2D(NS)                                        \
+  namespace NS {                                                     \
+  void conv2d_forward(const ConvArgs<float>& a);                     \
+  void conv2d_forward(const ConvArgs<double>& a);                    \
+  void conv2d_backward_input(const ConvArgs<float>& a);              \
+  void conv2d_backward_input(const ConvArgs<double>& a);             \
+  void conv2d_backward_weight(const ConvArgs<float>& a);             \
+  void conv2d_backward_weight(const ConvArgs<double>& a);            \
+  void conv2d_backward_bias(const ConvBiasGradArgs<float>& a);       \
+  void conv2d_backward_bias(const ConvBiasGradArgs<double>& a);      \
+  }
+
+PK_DECLARE_CONV2D(avx512)
+PK_DECLARE_CONV2D(avx2)
+PK_DECLARE_CONV2D(generic)
+// ---- end conv2d ------------------------------------------------------------------------------
+
 }  // namespace pk
