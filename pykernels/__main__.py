@@ -193,6 +193,28 @@ def _check_cases():
         args = " ".join(f"{k}={v}" for k, v in kw.items())
         return (kind, f"x{_shape(x_shape)}{' CL' if channels_last else ''} {args}", run)
 
+    def conv_case(x_shape, w_shape, transpose=False, channels_last=False, **kw):
+        def run(device, dtype, gen):
+            x = randn(x_shape, dtype, device, gen)
+            if channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            x.requires_grad_()
+            w = randn(w_shape, dtype, device, gen).requires_grad_()
+            n_out = w_shape[1] * kw.get("groups", 1) if transpose else w_shape[0]
+            b = randn((n_out,), dtype, device, gen).requires_grad_()
+            fn = pykernels.ops.conv_transpose2d if transpose else pykernels.ops.conv2d
+            y = fn(x, w, b, **kw)
+            dy = randn(tuple(y.shape), dtype, device, gen)
+            dx, dw, db = torch.autograd.grad(y, [x, w, b], dy)
+            ref_f = R.conv_transpose2d_forward if transpose else R.conv2d_forward
+            ref_b = R.conv_transpose2d_backward if transpose else R.conv2d_backward
+            y_ref = ref_f(np64(x), np64(w), np64(b), **kw)
+            dx_ref, dw_ref, db_ref = ref_b(np64(dy), np64(x), np64(w), **kw)
+            return [("y", y, y_ref), ("dx", dx, dx_ref), ("dw", dw, dw_ref), ("db", db, db_ref)]
+        args = " ".join(f"{k}={v}" for k, v in kw.items())
+        return ("conv_transpose2d" if transpose else "conv2d",
+                f"x{_shape(x_shape)}{' CL' if channels_last else ''} w{_shape(w_shape)} {args}", run)
+
     cases = [linear_case((37, 61), 29, True, act) for act in (None, "relu", "gelu", "tanh", "sigmoid")]
     cases += [
         linear_case((3, 17, 45), 23, False, None),
@@ -211,6 +233,13 @@ def _check_cases():
         pool_case("avg_pool2d", (2, 3, 10, 10), kernel_size=2, count_include_pad=False, padding=1),
         pool_case("adaptive_avg_pool2d", (2, 4, 13, 7), output_size=(3, 2)),
         pool_case("adaptive_max_pool2d", (2, 4, 13, 7), output_size=(4, 3)),
+        conv_case((2, 1, 28, 28), (10, 1, 5, 5)),  # the seed CNN's first layer
+        conv_case((2, 10, 12, 12), (20, 10, 5, 5)),
+        conv_case((2, 3, 23, 19), (16, 3, 7, 7), stride=2, padding=3),  # a ResNet stem
+        conv_case((2, 24, 9, 11), (40, 24, 3, 3), padding=1, channels_last=True),
+        conv_case((2, 8, 9, 9), (8, 1, 3, 3), stride=2, padding=1, groups=8),  # depthwise
+        conv_case((2, 6, 10, 7), (12, 3, 3, 2), padding="same", dilation=2, groups=2),
+        conv_case((2, 8, 5, 6), (8, 4, 3, 3), transpose=True, stride=2, padding=1, output_padding=1),
     ]
     return cases
 
