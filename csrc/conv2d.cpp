@@ -266,10 +266,10 @@ void store_empty(const ImplicitGemm<T>& g, int64_t m0, int64_t m1, int64_t n0, i
 }
 
 // ---- one task: rows [m0, m1) x columns [n0, n1) of one job, the job's whole k range ----------
-template <typename T>
+// MR x (NV vectors) register tile: the GEMM's (Blocking<T>) or a 4-row one for jobs with <= 4 rows.
+template <typename T, int MR, int NV>
 void igemm_task(const ImplicitGemm<T>& g, int64_t m0, int64_t m1, int64_t n0, int64_t n1) {
-  using Bk = Blocking<T>;
-  constexpr int MR = Bk::MR, NV = Bk::NV, NR = NV * lanes<T>();
+  constexpr int NR = NV * lanes<T>();
   if (g.k1 <= g.k0) {
     store_empty(g, m0, m1, n0, n1);
     return;
@@ -290,15 +290,18 @@ void igemm_task(const ImplicitGemm<T>& g, int64_t m0, int64_t m1, int64_t n0, in
       const int64_t kc = std::min<int64_t>(cb.KC, g.k1 - pc);
       fill(g.kax, pc, kc, kt);
       for (int64_t i = 0; i < kc; ++i) { kt.y[i] += int32_t(g.y0); kt.x[i] += int32_t(g.x0); }
-      for (int64_t jr = 0; jr < nc; jr += NR)
-        pack_b<T, NR>(kc, std::min<int64_t>(NR, nc - jr), g.b, kt.b, kt.y, kt.x, jt.b + jr, jt.y + jr,
-                      jt.x + jr, g.Hb, g.Wb, bufB + jr * kc);
       const bool overwrite = pc == g.k0, last = pc + kc == g.k1;
       for (int64_t ic = m0; ic < m1; ic += cb.MC) {
         const int64_t mc = std::min<int64_t>(cb.MC, m1 - ic);
         pack_a_tab<T, MR>(mc, kc, g.a + ic * g.a_sm, g.a_sm, kt.a, bufA);
         for (int64_t jr = 0; jr < nc; jr += NR) {
           const int64_t nr = std::min<int64_t>(NR, nc - jr);
+          // Each B micro-panel is gathered right before its first use (the first ic block), so
+          // the microkernels read it from L1/L2 rather than from a 6 MiB block packed earlier;
+          // later ic blocks reuse it from the buffer.
+          if (ic == m0)
+            pack_b<T, NR>(kc, nr, g.b, kt.b, kt.y, kt.x, jt.b + jr, jt.y + jr, jt.x + jr, g.Hb, g.Wb,
+                          bufB + jr * kc);
           const int64_t* jcol = jt.c + jr;
           const int64_t* jpre = jt.p + jr;
           bool dense = nr == NR;
@@ -331,10 +334,9 @@ void igemm_task(const ImplicitGemm<T>& g, int64_t m0, int64_t m1, int64_t n0, in
 
 // Runs independent jobs (groups, phases, reduction slices), each cut into (M, N) rectangles so
 // that every thread has work, on the thread pool.
-template <typename T>
-void run_jobs(const std::vector<ImplicitGemm<T>>& jobs) {
-  using Bk = Blocking<T>;
-  constexpr int MR = Bk::MR, NR = Bk::NV * lanes<T>();
+template <typename T, int MR, int NV>
+void run_jobs_tiled(const std::vector<ImplicitGemm<T>>& jobs) {
+  constexpr int NR = NV * lanes<T>();
   const int64_t njobs = static_cast<int64_t>(jobs.size());
   if (njobs == 0) return;
   const int64_t threads = num_threads();
@@ -362,13 +364,26 @@ void run_jobs(const std::vector<ImplicitGemm<T>>& jobs) {
     const int64_t im = r / s.tn, in = r % s.tn, N = g.jax.size();
     const int64_t m0 = std::min(g.M, (im * s.mb / s.tm) * MR), m1 = std::min(g.M, ((im + 1) * s.mb / s.tm) * MR);
     const int64_t n0 = std::min(N, (in * s.nb / s.tn) * NR), n1 = std::min(N, ((in + 1) * s.nb / s.tn) * NR);
-    if (m0 < m1 && n0 < n1) igemm_task(g, m0, m1, n0, n1);
+    if (m0 < m1 && n0 < n1) igemm_task<T, MR, NV>(g, m0, m1, n0, n1);
   };
   if (threads == 1 || flops < 1.0e6) {
     for (int64_t t = 0; t < njobs * parts; ++t) task(t, 0);
   } else {
     parallel_for(njobs * parts, task);
   }
+}
+
+// Jobs with at most 4 rows (the input gradient of an RGB stem: 3 input channels) would waste
+// most of a 12-row tile; they run on a 4 x 64 tile instead (AVX-512: 16 accumulators).
+template <typename T>
+void run_jobs(const std::vector<ImplicitGemm<T>>& jobs) {
+  using Bk = Blocking<T>;
+#if defined(PK_ISA_AVX512)
+  bool small = !jobs.empty();
+  for (const auto& g : jobs) small = small && g.M <= 4;
+  if (small) return run_jobs_tiled<T, 4, 4>(jobs);
+#endif
+  run_jobs_tiled<T, Bk::MR, Bk::NV>(jobs);
 }
 
 // ---- direct stride-1 convolution for small channel counts (AVX-512) ------------------------------
@@ -647,7 +662,7 @@ void direct_wgrad_tile(const ConvArgs<T>& q, int64_t m0, int64_t t0) {
     for (int64_t v = 0; v < nv; ++v) {
       const int64_t ow0 = v * L;
       const typename Ln::M om = lane_mask<Ln>(ow0, 0, q.OW);
-      typename Ln::M mj[TB], mi[MB];
+      typename Ln::M mj[TB];
       const T* xp[TB];
       const T* dp[MB];
 #pragma GCC unroll 8
@@ -656,15 +671,15 @@ void direct_wgrad_tile(const ConvArgs<T>& q, int64_t m0, int64_t t0) {
         mj[jj] = row_ok ? masks[v * TB + jj] : 0;
         xp[jj] = q.x + oh * q.sx[2] + xoff[jj] + ow0;
       }
+      // Rows past the last channel re-read the last one: their sums are never stored, and one
+      // shared mask leaves the mask registers to the taps.
 #pragma GCC unroll 8
-      for (int i = 0; i < MB; ++i) {
-        mi[i] = i < mb ? om : 0;
+      for (int i = 0; i < MB; ++i)
         dp[i] = q.y + (m0 + std::min<int64_t>(i, mb - 1)) * q.sy[1] + oh * q.sy[2] + ow0;
-      }
       for (int64_t n = 0; n < q.N; ++n) {
         typename Ln::R dv[MB];
 #pragma GCC unroll 8
-        for (int i = 0; i < MB; ++i) dv[i] = Ln::load(mi[i], dp[i] + n * q.sy[0]);
+        for (int i = 0; i < MB; ++i) dv[i] = Ln::load(om, dp[i] + n * q.sy[0]);
 #pragma GCC unroll 8
         for (int jj = 0; jj < TB; ++jj) {
           const typename Ln::R xv = Ln::load(mj[jj], xp[jj] + n * q.sx[0]);
