@@ -613,11 +613,17 @@ void direct_conv(const DirectConv<T>& d) {
   const int VW = d.OW <= Z::L ? 1 : 2;
   if (d.M == 1) return VW == 1 ? direct_conv_mb<T, Z, 1, 1>(d) : direct_conv_mb<T, Z, 1, 2>(d);
   if (d.M == 2) return VW == 1 ? direct_conv_mb<T, Z, 2, 1>(d) : direct_conv_mb<T, Z, 2, 2>(d);
+  if (VW == 1 && d.M <= 12) {  // steps of 2 channels: e.g. LeNet's 10 wastes no row
+    switch (ceil_div(d.M, 2)) {
+      case 2: return direct_conv_mb<T, Z, 4, 1>(d);
+      case 3: return direct_conv_mb<T, Z, 6, 1>(d);
+      case 4: return direct_conv_mb<T, Z, 8, 1>(d);
+      case 5: return direct_conv_mb<T, Z, 10, 1>(d);
+      default: return direct_conv_mb<T, Z, 12, 1>(d);
+    }
+  }
   if (VW == 1) {
     switch (std::min<int64_t>(6, ceil_div(d.M, 4))) {
-      case 1: return direct_conv_mb<T, Z, 4, 1>(d);
-      case 2: return direct_conv_mb<T, Z, 8, 1>(d);
-      case 3: return direct_conv_mb<T, Z, 12, 1>(d);
       case 4: return direct_conv_mb<T, Z, 16, 1>(d);
       case 5: return direct_conv_mb<T, Z, 20, 1>(d);
       default: return direct_conv_mb<T, Z, 24, 1>(d);
