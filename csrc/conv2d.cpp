@@ -724,7 +724,12 @@ void direct_wgrad(const ConvArgs<T>& q) {
 
 template <typename T>
 bool direct_ok(const ConvArgs<T>& q, int64_t m_side) {
-  if (std::getenv("PYKERNELS_CONV_DIRECT") && std::getenv("PYKERNELS_CONV_DIRECT")[0] == '0') return false;
+  // PYKERNELS_CONV_DIRECT=0 sends every shape to the implicit GEMM (for measurements); read once.
+  static const bool enabled = [] {
+    const char* env = std::getenv("PYKERNELS_CONV_DIRECT");
+    return !(env && env[0] == '0');
+  }();
+  if (!enabled) return false;
   return q.groups == 1 && q.sH == 1 && q.sW == 1 && m_side <= kDirectMaxM && q.S <= 16 && q.sx[3] == 1 &&
          q.sy[3] == 1 && (!q.preact || q.sp[3] == 1);
 }
