@@ -172,4 +172,44 @@ PK_DECLARE_CONV2D(avx2)
 PK_DECLARE_CONV2D(generic)
 // ---- end conv2d ------------------------------------------------------------------------------
 
+
+// ---- attention (attention.cpp, compiled once per ISA; bound in attention_bind.cpp) -----------
+// out = softmax(scale * q k^T + mask) v per (batch b, head h), FlashAttention-2 style (no N x S
+// buffer). q [B, H, N, D], k [B, H, S, D], v [B, H, S, Dv], out/dout [B, H, N, Dv]; strides in
+// elements in the order b, h, row, column. mask_kind 0 none, 1 bool bytes (nonzero = attend),
+// 2 additive of type T; sm = its strides over (b, h, i, j), 0 on broadcast dims. causal: query i
+// attends key j only if j <= i. dropout_p > 0: the Philox keep rule of ops/attention.py, keyed by
+// seed and the element's index ((b*H + h)*N + i)*S + j. lse [B, H, N] (natural log, -inf for a
+// fully masked row). Forward writes out and lse; backward writes dq, dk, dv (every element) and,
+// when dmask != nullptr, dmask [B, H, N, S] = dS.
+template <typename T>
+struct AttnArgs {
+  int64_t B, H, N, S, D, Dv;
+  const T* q; int64_t sq[4];
+  const T* k; int64_t sk[4];
+  const T* v; int64_t sv[4];
+  const void* mask; int mask_kind; int64_t sm[4];
+  bool causal; double scale; double dropout_p; uint64_t seed;
+  T* out; int64_t so[4];
+  T* lse; int64_t sl[3];
+  const T* dout; int64_t sdo[4];
+  T* dq; int64_t sdq[4];
+  T* dk; int64_t sdk[4];
+  T* dv; int64_t sdv[4];
+  T* dmask; int64_t sdm[4];
+};
+
+#define PK_DECLARE_ATTENTION(NS)                                   \
+  namespace NS {                                                   \
+  void attention_forward(const AttnArgs<float>& a);                \
+  void attention_forward(const AttnArgs<double>& a);               \
+  void attention_backward(const AttnArgs<float>& a);               \
+  void attention_backward(const AttnArgs<double>& a);              \
+  }
+
+PK_DECLARE_ATTENTION(avx512)
+PK_DECLARE_ATTENTION(avx2)
+PK_DECLARE_ATTENTION(generic)
+// ---- end attention ---------------------------------------------------------------------------
+
 }  // namespace pk
