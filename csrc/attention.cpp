@@ -112,6 +112,7 @@ inline V<T> vexp2(V<T> x) {
 }
 
 template <typename VT> inline VT vmax(VT a, VT b) { return a > b ? a : b; }
+template <typename VT> inline VT vmin(VT a, VT b) { return a > b ? b : a; }  // a NaN in a stays
 
 // ---- dropout: Philox4x32-10, lane-wise -------------------------------------------------------
 // keep(idx) = first output word of Philox4x32-10 at counter (idx lo, idx hi, 0, 0), key = the
@@ -274,6 +275,15 @@ struct Head {
   uint64_t row_index(int64_t i) const { return static_cast<uint64_t>((b * a->H + h) * a->N + i) * a->S; }
 };
 
+// An additive mask value in base 2. A finite value whose scaled value overflows (finfo.min, the
+// padding value of many libraries) stays the lowest finite number, not -inf: a row holding it on
+// every key then has equal scores and uniform weights, as in torch. -inf and NaN pass through.
+template <typename T> inline T mask2(T m) {
+  const T x = m * static_cast<T>(kLog2e);
+  return x < std::numeric_limits<T>::lowest() && m >= std::numeric_limits<T>::lowest()
+             ? std::numeric_limits<T>::lowest() : x;
+}
+
 template <typename T>
 void block_scores(const Head<T>& hd, int64_t i0, int64_t nq, int64_t j0, int64_t nk, const T* qt, T* st) {
   constexpr int L = lanes<T>();
@@ -290,15 +300,14 @@ void block_scores(const Head<T>& hd, int64_t i0, int64_t nq, int64_t j0, int64_t
           if (!m[i * mq + j * mk]) st[j * kBM + i] = neg_inf<T>();
     } else {
       const T* m = static_cast<const T*>(a.mask) + base;
-      const T l2e = static_cast<T>(kLog2e);
       if (mq == 0) {  // the same mask for every query (a key padding mask): one broadcast per key
         for (int64_t j = 0; j < nk; ++j) {
-          const V<T> mv = vbcast<T>(m[j * mk] * l2e);
+          const V<T> mv = vbcast<T>(mask2(m[j * mk]));
           for (int v = 0; v < NVQ; ++v) vstore(st + j * kBM + v * L, vload(st + j * kBM + v * L) + mv);
         }
       } else {
         for (int64_t i = 0; i < nq; ++i)
-          for (int64_t j = 0; j < nk; ++j) st[j * kBM + i] += m[i * mq + j * mk] * l2e;
+          for (int64_t j = 0; j < nk; ++j) st[j * kBM + i] += mask2(m[i * mq + j * mk]);
       }
     }
   }
@@ -492,6 +501,7 @@ void backward_keys(const AttnArgs<T>& a, const HeadOperands<T>& op, int64_t b, i
       block_scores(hd, i0, nq, j0, nk, op.qt + qb * kBM * a.D, pt);
       gemm_rows<T>(nk, a.Dv, vh + j0 * a.sv[2], a.sv[2], a.sv[3], op.dot + qb * kBM * a.Dv, kBM, NVQ, ds, kBM,
                    kZero);
+      const V<T> one = vbcast<T>(T(1));
       V<T> lse[NVQ], dl[NVQ];
       typename Philox<T>::W rows[NVQ];
       for (int v = 0; v < NVQ; ++v) {
@@ -505,7 +515,9 @@ void backward_keys(const AttnArgs<T>& a, const HeadOperands<T>& op, int64_t b, i
         for (int v = 0; v < NVQ; ++v) {
           T* sp = pt + j * kBM + v * L;
           T* dp = ds + j * kBM + v * L;
-          const V<T> pr = vexp2<T>(vload(sp) - lse[v]);
+          // P <= 1 exactly; the min keeps it so where lse lost precision (scores near the
+          // largest finite number, e.g. a row masked with finfo.min on every key)
+          const V<T> pr = vmin(vexp2<T>(vload(sp) - lse[v]), one);
           V<T> dpv = vload(dp);
           if (dropout) {
             const V<T> f = rng.factor(rows[v] + static_cast<uint64_t>(j0 + j));
