@@ -53,7 +53,9 @@ class MultiheadAttention(torch.nn.MultiheadAttention):
 
     Same constructor (embed_dim, num_heads, dropout=0.0, bias=True, add_bias_kv=False,
     add_zero_attn=False, kdim=None, vdim=None, batch_first=False, device=None, dtype=None), same
-    parameters and state_dict keys; forward returns what torch's does.
+    parameters and state_dict keys; forward returns what torch's does. need_weights=False runs
+    one fused pykernels.ops.attention kernel; need_weights=True (torch's default) is NOT fused:
+    it computes the [B, num_heads, L, S] weights explicitly, as torch does.
 
     Raises (from forward): the AssertionError / RuntimeError torch raises for inconsistent
     shapes and masks (same messages); TypeError for dtypes the active backend does not support.
