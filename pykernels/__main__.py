@@ -215,6 +215,34 @@ def _check_cases():
         return ("conv_transpose2d" if transpose else "conv2d",
                 f"x{_shape(x_shape)}{' CL' if channels_last else ''} w{_shape(w_shape)} {args}", run)
 
+    def attention_case(B, H, N, S, D, Dv, causal=False, mask=None):
+        def run(device, dtype, gen):
+            import numpy as np
+            from pykernels.reference import attention as RA
+            q, k, v = (randn(shape, dtype, device, gen).requires_grad_()
+                       for shape in ((B, H, N, D), (B, H, S, D), (B, H, S, Dv)))
+            m = m_add = None
+            if mask == "bool":  # [N, S]; key i % S kept, so that no row is fully masked
+                keep = torch.rand(N, S, generator=gen) < 0.7
+                keep[torch.arange(N), torch.arange(N) % S] = True
+                m, m_add = keep.to(device), np.where(keep.numpy(), 0.0, -np.inf)
+            elif mask == "float":  # [B, 1, N, S], with a gradient
+                m = randn((B, 1, N, S), dtype, device, gen).requires_grad_()
+                m_add = np64(m)
+            y = pykernels.ops.attention(q, k, v, attn_mask=m, is_causal=causal)
+            dy = randn(tuple(y.shape), dtype, device, gen)
+            leaves = [q, k, v] + ([m] if mask == "float" else [])
+            grads = torch.autograd.grad(y, leaves, dy)
+            y_ref, _ = RA.attention_forward(np64(q), np64(k), np64(v), m_add, causal, None)
+            ref = RA.attention_backward(np64(dy), np64(q), np64(k), np64(v), m_add, causal, None)
+            out = [("y", y, y_ref)] + [(n, g, r) for n, g, r in zip(("dq", "dk", "dv"), grads, ref)]
+            if mask == "float":  # dS summed over the broadcast head dim
+                out.append(("dmask", grads[3], ref[3].sum(axis=1, keepdims=True)))
+            return out
+        label = f"q[{B},{H},{N},{D}] k[{B},{H},{S},{D}] v[..,{Dv}]" + (" causal" if causal else "") + \
+                (f" {mask} mask" if mask else "")
+        return ("attention", label, run)
+
     cases = [linear_case((37, 61), 29, True, act) for act in (None, "relu", "gelu", "tanh", "sigmoid")]
     cases += [
         linear_case((3, 17, 45), 23, False, None),
@@ -240,6 +268,10 @@ def _check_cases():
         conv_case((2, 8, 9, 9), (8, 1, 3, 3), stride=2, padding=1, groups=8),  # depthwise
         conv_case((2, 6, 10, 7), (12, 3, 3, 2), padding="same", dilation=2, groups=2),
         conv_case((2, 8, 5, 6), (8, 4, 3, 3), transpose=True, stride=2, padding=1, output_padding=1),
+        attention_case(2, 4, 37, 37, 64, 64),
+        attention_case(2, 3, 29, 45, 32, 32, causal=True),  # N != S: top-left aligned
+        attention_case(2, 2, 33, 21, 16, 24, mask="bool"),
+        attention_case(2, 2, 17, 40, 64, 64, mask="float"),
     ]
     return cases
 

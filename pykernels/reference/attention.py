@@ -9,7 +9,7 @@ by the caller: True -> 0, False -> -inf). keep: None or a bool array broadcastab
 forward, per (b, h), with the whole N x S score matrix materialized (this is the oracle):
     s_ij   = scale * sum_d q_id k_jd + mask_ij          (-inf where causal and j > i: top-left
                                                         aligned, also when N != S)
-    lse_i  = log(sum_j exp(s_ij))                       (computed as m_i + log(sum_j exp(s_ij - m_i)),
+    lse_i  = log(sum_j exp(s_ij))                       (as m_i + log(sum_j exp(s_ij - m_i)),
                                                         m_i = max_j s_ij; -inf for a row with no
                                                         finite score: a fully masked row)
     P_ij   = exp(s_ij - lse_i)                          (0 in a fully masked row)
@@ -20,7 +20,8 @@ backward, with dout = dL/dout [B, H, N, Dv] (the softmax Jacobian, written out):
     dv_je  = sum_i Pd_ij dout_ie
     dPd_ij = sum_e dout_ie v_je
     dP_ij  = dPd_ij * keep_ij / (1 - p)
-    dS_ij  = P_ij * (dP_ij - sum_j' P_ij' dP_ij')       (= P * (dP - Delta), Delta_i = dout_i . out_i)
+    dS_ij  = P_ij * (dP_ij - sum_j' P_ij' dP_ij')       (= P * (dP - Delta),
+                                                        Delta_i = dout_i . out_i)
     dq_id  = scale * sum_j dS_ij k_jd
     dk_jd  = scale * sum_i dS_ij q_id
     dmask  = dS, a full [B, H, N, S] array (the caller sums it over the mask's broadcast dims)
