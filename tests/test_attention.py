@@ -457,6 +457,9 @@ def test_attention_fully_masked_rows(backend, dtype, kind, gen):
 @pytest.mark.parametrize("where", ["q", "mask"])
 def test_attention_softmax_outliers(backend, dtype, where, gen):
     # logits of +-1e4: exp overflows unless the row maximum is subtracted first
+    if dtype in (torch.float16, torch.bfloat16):
+        pytest.skip("logits of 1e4 round to multiples of 8 (float16) or 64 (bfloat16): the "
+                    "weights would be noise")
     B, H, N, S, D = 1, 2, 9, 12, 16
     q, k, v = qkv(B, H, N, S, D, D, dtype, gen, device=backend.device)
     m = None
@@ -465,7 +468,7 @@ def test_attention_softmax_outliers(backend, dtype, where, gen):
             # rows 2 and 5 of q scaled so that their logits reach ~ +-1e4 (|q.k|/sqrt(D) ~ 1)
             q[:, :, 2] *= 1e4 / q[:, :, 2].norm(dim=-1, keepdim=True) * 4
             q[:, :, 5] *= -2e4 / q[:, :, 5].norm(dim=-1, keepdim=True)
-        tol = dict(rtol=1e-2) if dtype != torch.float64 else None
+        tol = dict(rtol=1e-2) if dtype == torch.float32 else None
         reason = ("q rows of norm 4e4 give logits ~1e4 whose float32 rounding (eps * |q| |k| "
                   "* scale ~ 1e-3 absolute) moves the weights of keys with close logits by "
                   "~1e-3 relative; torch's float32 SDPA is off by as much")
@@ -479,7 +482,7 @@ def test_attention_softmax_outliers(backend, dtype, where, gen):
         m[7, 0] = -1e4
         m = m.to(dtype=dtype, device=backend.device)
         tol, reason = None, None
-        if dtype != torch.float64:
+        if dtype == torch.float32:
             tol = dict(rtol=2e-3)
             reason = ("scores + 1e4 are rounded to ulp(1e4)/2 ~ 5e-4 in float32 before exp: a "
                       "relative error of that size in the weights of the shifted rows")
@@ -633,22 +636,25 @@ def test_attention_no_grad(backend, dtype, gen):
                  terms=15, name="no-grad forward")
 
 
-@pytest.mark.parametrize("which", ["N0", "S0", "B0"])
+@pytest.mark.parametrize("which", ["N0", "S0", "B0", "Dv0"])
 def test_attention_empty(backend, dtype, which, gen):
-    # N = 0 / B = 0: empty outputs; S = 0: out = 0 (torch does), zero dq, empty dk and dv
-    B, H, N, S, D = 2, 2, 4, 5, 8
+    # N = 0 / B = 0 / Dv = 0: empty outputs (zero gradients); S = 0: out = 0 (torch does), zero
+    # dq, empty dk and dv
+    B, H, N, S, D, Dv = 2, 2, 4, 5, 8, 8
     if which == "N0":
         N = 0
     elif which == "S0":
         S = 0
+    elif which == "Dv0":
+        Dv = 0
     else:
         B = 0
-    q, k, v = (t.requires_grad_(True) for t in qkv(B, H, N, S, D, D, dtype, gen,
+    q, k, v = (t.requires_grad_(True) for t in qkv(B, H, N, S, D, Dv, dtype, gen,
                                                     device=backend.device))
     with backend.context():
         out = ops.attention(q, k, v)
         want = F.scaled_dot_product_attention(q.detach(), k.detach(), v.detach())
-        assert out.shape == want.shape == (B, H, N, D) and out.dtype == dtype
+        assert out.shape == want.shape == (B, H, N, Dv) and out.dtype == dtype
         assert not out.isnan().any()
         assert (out == 0).all()
         grads = torch.autograd.grad(out, (q, k, v), torch.ones_like(out), allow_unused=True)
@@ -667,7 +673,8 @@ def test_attention_lse(backend, dtype, gen):
         out, lse = torch.ops.pykernels.attention(q, k, v, m.expand(B, H, N, S), True, 0.4, 0.0,
                                                  None)
     want_out, want_lse = RA.attention_forward(*(to_numpy(t) for t in (q, k, v, m)), True, 0.4)
-    assert lse.shape == (B, H, N) and lse.dtype == dtype and lse.is_contiguous()
+    lse_dtype = torch.float64 if dtype == torch.float64 else torch.float32
+    assert lse.shape == (B, H, N) and lse.dtype == lse_dtype and lse.is_contiguous()
     assert_close(out, want_out, terms=S + D, name="out")
     assert_close(lse, want_lse, terms=S + D, name="lse", match_nonfinite=True)
     assert torch.isneginf(lse[1, :, 3]).all()
