@@ -397,14 +397,35 @@ def test_attention_masks(backend, dtype, case, causal, gen):
                     with_torch=True)
 
 
-@pytest.mark.parametrize("shape", [(5, 9), (9, 5), (7, 7), (1, 6), (6, 1)],
+@pytest.mark.parametrize("shape", [(5, 9), (9, 5), (7, 7), (1, 6), (6, 1), (40, 37), (37, 70)],
                          ids=lambda s: f"N{s[0]}S{s[1]}")
 def test_attention_causal(backend, dtype, shape, gen):
-    # top-left aligned (query i sees keys j <= i) also when N != S, like torch
-    if backend.interpreted and shape in ((7, 7), (6, 1)):
+    # top-left aligned (query i sees keys j <= i) also when N != S, like torch; the last two
+    # span several query and key blocks of the interpreter's configs (32 x 16, 16 x 32), so the
+    # diagonal crosses blocks at offsets that are not multiples of either
+    if backend.interpreted and shape in ((7, 7), (6, 1), (37, 70)):
         pytest.skip("the interpreter runs a subset")
     N, S = shape
-    check_attention(backend, dtype, gen, 2, 2, N, S, 8, 8, causal=True, with_torch=True)
+    mask = ("float", "B1NS") if N > 30 else None
+    check_attention(backend, dtype, gen, 2, 2, N, S, 8, 8, causal=True, mask=mask,
+                    with_torch=True)
+
+
+# the C++ kernel's blocks: 64 queries, 192 keys (forward) / 96 keys (backward); shapes that
+# cross several of each, with tails, causal diagonals through blocks, and few heads (the
+# backward then splits one head's key blocks over the threads)
+_CPP_BIG = [
+    (1, 1, 200, 300, 64, 64, True, ("float", "NS")),
+    (1, 2, 257, 129, 32, 48, True, ("bool", "B1NS")),
+    (2, 1, 65, 385, 16, 16, False, ("keypad", "B11S")),
+]
+
+
+@pytest.mark.backends("cpp")
+@pytest.mark.parametrize("case", range(len(_CPP_BIG)))
+def test_cpp_several_blocks(backend, dtype, case, gen):
+    B, H, N, S, D, Dv, causal, mask = _CPP_BIG[case]
+    check_attention(backend, dtype, gen, B, H, N, S, D, Dv, causal=causal, mask=mask)
 
 
 @pytest.mark.parametrize("kind", ["bool", "float", "keypad", "causal+mask"])
@@ -926,6 +947,8 @@ def test_cpp_threads_agree(backend, dtype, gen):
             pykernels.set_num_threads(n)
             check_attention(backend, dtype, gen, 1, 3, 70, 45, 32, 32, mask=("float", "NS"),
                             causal=True)
+            check_attention(backend, dtype, gen, 1, 1, 100, 290, 16, 16, mask=("float", "NS"),
+                            causal=True)
     finally:
         pykernels.set_num_threads(saved)
 
@@ -1123,6 +1146,8 @@ _MHA = [
      dict(attn_mask="float3d", need_weights=False)),
     (dict(embed_dim=16, num_heads=4), dict(attn_mask="causal", is_causal=True,
                                            need_weights=False, self_attention=True)),
+    (dict(embed_dim=16, num_heads=4, dropout=0.4), dict(eval=True, need_weights=False,
+                                                        key_padding_mask="bool")),
 ]
 
 
@@ -1174,6 +1199,9 @@ def test_nn_multihead_attention_matches_torch(case, gen):
     assert isinstance(pk, torch.nn.MultiheadAttention)
     assert pk.state_dict().keys() == ref.state_dict().keys()
     pk.load_state_dict(ref.state_dict())
+    if setup.get("eval"):  # no dropout in eval mode, in either
+        ref.eval()
+        pk.eval()
     query, key, value, fw = _mha_inputs(kw, setup, gen)
     self_attn = setup.get("self_attention")
     ins_r = [t.detach().clone().requires_grad_(True) for t in (query, key, value)]
@@ -1205,6 +1233,21 @@ def test_nn_multihead_attention_matches_torch(case, gen):
             continue
         assert a is not None, f"grad of {name}: None, torch has one"
         assert_close(a, b, terms=4 * terms, name=f"grad of {name}")
+
+
+def test_nn_multihead_attention_dropout(gen):
+    # training mode with dropout: reproducible under torch.manual_seed, different from eval
+    torch.manual_seed(int(torch.randint(0, 2**31, (), generator=gen)))
+    pk = pykernels.nn.MultiheadAttention(16, 4, dropout=0.5, batch_first=True)
+    x = make_tensor((2, 6, 16), torch.float32, gen)
+    outs = []
+    for _ in range(2):
+        torch.manual_seed(5)
+        outs.append(pk(x, x, x, need_weights=False)[0])
+    assert torch.equal(outs[0], outs[1]), "dropout not reproducible under torch.manual_seed"
+    pk.eval()
+    assert not torch.equal(outs[0], pk(x, x, x, need_weights=False)[0]), (
+        "training-mode output equals eval-mode output: no dropout applied")
 
 
 def test_nn_multihead_attention_eval_fast_path(gen):
