@@ -8,6 +8,8 @@ from .attention import attention
 from .conv2d import conv2d, conv_transpose2d
 from .gemm import linear, matmul
 from .pool2d import adaptive_avg_pool2d, adaptive_max_pool2d, avg_pool2d, max_pool2d
+from .rnn import gru, gru_cell, lstm, lstm_cell
 
 __all__ = ["linear", "matmul", "conv2d", "conv_transpose2d", "max_pool2d", "avg_pool2d",
-           "adaptive_avg_pool2d", "adaptive_max_pool2d", "attention"]
+           "adaptive_avg_pool2d", "adaptive_max_pool2d", "attention", "lstm_cell", "gru_cell", "lstm",
+           "gru"]
