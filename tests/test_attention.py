@@ -431,6 +431,8 @@ def test_cpp_several_blocks(backend, dtype, case, gen):
 @pytest.mark.parametrize("kind", ["bool", "float", "keypad", "causal+mask"])
 def test_attention_fully_masked_rows(backend, dtype, kind, gen):
     # rows where no key takes part: out = 0 and zero gradients (torch's answer), never NaN
+    if backend.interpreted and kind in ("float", "keypad"):
+        pytest.skip("the interpreter runs a subset")
     B, H, N, S, D = 2, 2, 7, 10, 8
     if kind == "keypad":
         m = make_mask("keypad", (B, 1, 1, S), dtype, gen)
@@ -555,7 +557,7 @@ def test_attention_finfo_min_mask(backend, dtype, gen):
 def test_attention_float_mask_requires_grad(backend, dtype, gen):
     # d attn_mask = dS summed over the broadcast dims, for every broadcast shape, vs torch too
     if backend.interpreted:
-        shapes = [(2, 1, 5, 7), (5, 7)]
+        shapes = [(2, 1, 5, 7)]
     else:
         shapes = [(2, 3, 5, 7), (2, 1, 5, 7), (1, 3, 1, 7), (5, 7), (7,), (2, 1, 1, 7)]
     B, H, N, S, D = 2, 3, 5, 7, 8
@@ -772,15 +774,15 @@ def test_dropout_reproducible(backend, dtype, gen):
     B, H, N, S, D = 2, 2, 6, 9, 8
     q, k, v = qkv(B, H, N, S, D, D, dtype, gen, device=backend.device)
 
-    def run(torch_seed):
-        leaves = [t.detach().requires_grad_(True) for t in (q, k, v)]
+    def run(torch_seed, grad=True):
+        leaves = [t.detach().requires_grad_(grad) for t in (q, k, v)]
         torch.manual_seed(torch_seed)
         with backend.context():
             out = ops.attention(*leaves, dropout_p=0.4)
-            grads = torch.autograd.grad(out, leaves, torch.ones_like(out))
+            grads = torch.autograd.grad(out, leaves, torch.ones_like(out)) if grad else []
         return [out.detach()] + list(grads)
 
-    a, b, c = run(7), run(7), run(8)
+    a, b, c = run(7), run(7), run(8, grad=False)
     for name, x, y in zip(("out", "dq", "dk", "dv"), a, b):
         assert torch.equal(x, y), f"{name} differs between two runs with torch.manual_seed(7)"
     assert not torch.equal(a[0], c[0]), "torch.manual_seed(7) and (8) give the same dropout"
