@@ -36,6 +36,7 @@
 
 #include "common.h"
 #include "gemm_kernel.h"
+#include "vmath.h"
 
 namespace pk {
 namespace PK_NS {
@@ -49,71 +50,6 @@ namespace {
 constexpr int kBM = PK_ATT_BM;    // queries per block: a multiple of 4 vectors for every ISA and dtype
 constexpr int kBNf = PK_ATT_BNF;  // keys per block in the forward: K/V blocks of 192 rows stay in L2
 constexpr int kBNb = PK_ATT_BNB;  // keys per block in the backward (two [BN][BM] blocks + dK/dV accumulators)
-#if defined(PK_ISA_AVX512)
-constexpr int kMR = 6;  // 6 x 4 vectors = 24 accumulators of 32
-#else
-constexpr int kMR = 2;  // 2 x 4 vectors = 8 accumulators of 16
-#endif
-constexpr double kLog2e = 1.4426950408889634074;
-constexpr double kLn2 = 0.69314718055994530942;
-
-template <typename T> constexpr T neg_inf() { return -std::numeric_limits<T>::infinity(); }
-template <typename T> constexpr T pos_inf() { return std::numeric_limits<T>::infinity(); }
-
-// ---- vector exp2 ---------------------------------------------------------------------------
-template <typename T> struct Bits;
-template <> struct Bits<float> {
-  typedef int32_t I __attribute__((vector_size(PK_VBYTES)));
-  static constexpr int kMant = 23, kDegree = 7;
-  static constexpr float kMagic = 12582912.0f;  // 1.5 * 2^23: x + magic rounds x to an integer
-  static constexpr float kFlush = -125.0f;      // 2^x below this is flushed to 0
-};
-template <> struct Bits<double> {
-  typedef int64_t I __attribute__((vector_size(PK_VBYTES)));
-  static constexpr int kMant = 52, kDegree = 13;
-  static constexpr double kMagic = 6755399441055744.0;  // 1.5 * 2^52
-  static constexpr double kFlush = -1021.0;
-};
-template <typename T> using IV = typename Bits<T>::I;
-
-// Taylor coefficients of 2^f = e^(f ln 2), c_k = ln2^k / k!: on |f| <= 1/2 the first omitted
-// term is below one ulp (degree 7 for float, 13 for double).
-template <typename T>
-struct Exp2Coef {
-  T c[Bits<T>::kDegree + 1];
-  constexpr Exp2Coef() : c() {
-    double t = 1;
-    for (int k = 0; k <= Bits<T>::kDegree; ++k) {
-      c[k] = static_cast<T>(t);
-      t = t * kLn2 / (k + 1);
-    }
-  }
-};
-
-// 2^x lane-wise: x = n + f with n an integer and |f| <= 1/2; 2^f by polynomial, 2^n added to
-// the exponent bits. -inf and anything below the flush threshold give exactly 0 (a masked
-// score must contribute nothing); NaN stays NaN. Inputs here are <= 0 up to rounding.
-template <typename T>
-inline V<T> vexp2(V<T> x) {
-  using B = Bits<T>;
-  static constexpr Exp2Coef<T> k;
-  const V<T> lo = vbcast<T>(T(B::kFlush) - 2), hi = vbcast<T>(T(126));
-  const V<T> magic = vbcast<T>(B::kMagic);
-  V<T> xc = x < lo ? lo : x;
-  xc = xc > hi ? hi : xc;
-  const V<T> t = xc + magic;
-  const V<T> f = xc - (t - magic);
-  V<T> p = vbcast<T>(k.c[B::kDegree]);
-#pragma GCC unroll 16
-  for (int d = B::kDegree - 1; d >= 0; --d) p = p * f + k.c[d];
-  const IV<T> n = (IV<T>)t - (IV<T>)magic;
-  const V<T> r = (V<T>)((IV<T>)p + (n << B::kMant));
-  return x < T(B::kFlush) ? V<T>{} : r;
-}
-
-template <typename VT> inline VT vmax(VT a, VT b) { return a > b ? a : b; }
-template <typename VT> inline VT vmin(VT a, VT b) { return a > b ? b : a; }  // a NaN in a stays
-
 // ---- dropout: Philox4x32-10, lane-wise -------------------------------------------------------
 // keep(idx) = first output word of Philox4x32-10 at counter (idx lo, idx hi, 0, 0), key = the
 // seed's two words, compared with floor(p * 2^32) (ops/attention.py documents the rule; the
@@ -164,102 +100,6 @@ Philox<T> make_philox(const AttnArgs<T>& a) {
   const double t = std::floor(a.dropout_p * 4294967296.0);
   return Philox<T>{static_cast<uint32_t>(a.seed & 0xffffffffu), static_cast<uint32_t>(a.seed >> 32),
                    static_cast<uint32_t>(std::min(t, 4294967295.0)), static_cast<T>(1.0 / (1.0 - a.dropout_p))};
-}
-
-// ---- register-tiled GEMM on one tile ---------------------------------------------------------
-// c[i][0 : NV*L] = init + sum_k a[i*a_si + k*a_sk] * b[k*b_sk + 0 : NV*L]   for i < mr <= MR,
-// init = 0 (kZero), c itself (kLoad) or c scaled column-wise by colscale (kScale). A is read in
-// place with any strides (rows past mr repeat row mr-1 and are not stored); B rows are NV
-// contiguous vectors.
-enum Init { kZero, kLoad, kScale };
-
-template <typename T, int MR, int NV>
-inline void tile_gemm(int64_t kc, const T* __restrict a, int64_t a_si, int64_t a_sk, int64_t mr,
-                      const T* __restrict b, int64_t b_sk, T* __restrict c, int64_t ldc, Init init,
-                      const T* colscale) {
-  constexpr int L = lanes<T>();
-  const T* ar[MR];
-#pragma GCC unroll 8
-  for (int i = 0; i < MR; ++i) ar[i] = a + (i < mr ? i : mr - 1) * a_si;
-  V<T> acc[MR][NV];
-  if (init == kZero) {
-#pragma GCC unroll 8
-    for (int i = 0; i < MR; ++i)
-#pragma GCC unroll 4
-      for (int j = 0; j < NV; ++j) acc[i][j] = V<T>{};
-  } else {
-#pragma GCC unroll 8
-    for (int i = 0; i < MR; ++i) {
-      const T* crow = c + (i < mr ? i : mr - 1) * ldc;
-#pragma GCC unroll 4
-      for (int j = 0; j < NV; ++j) acc[i][j] = vload(crow + j * L);
-    }
-    if (init == kScale) {
-#pragma GCC unroll 4
-      for (int j = 0; j < NV; ++j) {
-        const V<T> s = vload(colscale + j * L);
-#pragma GCC unroll 8
-        for (int i = 0; i < MR; ++i) acc[i][j] *= s;
-      }
-    }
-  }
-  for (int64_t k = 0; k < kc; ++k) {
-    V<T> bv[NV];
-#pragma GCC unroll 4
-    for (int j = 0; j < NV; ++j) bv[j] = vload(b + k * b_sk + j * L);
-#pragma GCC unroll 8
-    for (int i = 0; i < MR; ++i) {
-      const V<T> av = vbcast(ar[i][k * a_sk]);
-#pragma GCC unroll 4
-      for (int j = 0; j < NV; ++j) acc[i][j] += av * bv[j];
-    }
-  }
-#pragma GCC unroll 8
-  for (int i = 0; i < MR; ++i) {
-    if (i >= mr) break;
-#pragma GCC unroll 4
-    for (int j = 0; j < NV; ++j) vstore(c + i * ldc + j * L, acc[i][j]);
-  }
-}
-
-// The columns of one GEMM in chunks of 4, 2 and 1 vectors.
-template <typename T, int MR>
-inline void tile_row(int64_t kc, const T* a, int64_t a_si, int64_t a_sk, int64_t mr, const T* b, int64_t b_sk,
-                     int64_t nvec, T* c, int64_t ldc, Init init, const T* colscale) {
-  constexpr int L = lanes<T>();
-  auto cs = [&](int64_t j) { return colscale ? colscale + j * L : nullptr; };
-  int64_t j = 0;
-  for (; j + 4 <= nvec; j += 4)
-    tile_gemm<T, MR, 4>(kc, a, a_si, a_sk, mr, b + j * L, b_sk, c + j * L, ldc, init, cs(j));
-  if (j + 2 <= nvec) {
-    tile_gemm<T, MR, 2>(kc, a, a_si, a_sk, mr, b + j * L, b_sk, c + j * L, ldc, init, cs(j));
-    j += 2;
-  }
-  if (j < nvec) tile_gemm<T, MR, 1>(kc, a, a_si, a_sk, mr, b + j * L, b_sk, c + j * L, ldc, init, cs(j));
-}
-
-// C[m][nvec vectors] (init as above) += A[m][kc] B[kc][nvec vectors]: rows in tiles of kMR, the
-// tail on a smaller tile.
-template <typename T>
-void gemm_rows(int64_t m, int64_t kc, const T* a, int64_t a_si, int64_t a_sk, const T* b, int64_t b_sk,
-               int64_t nvec, T* c, int64_t ldc, Init init, const T* colscale = nullptr) {
-  int64_t i = 0;
-  for (; i + kMR <= m; i += kMR)
-    tile_row<T, kMR>(kc, a + i * a_si, a_si, a_sk, kMR, b, b_sk, nvec, c + i * ldc, ldc, init, colscale);
-  const int64_t r = m - i;
-  if (r <= 0) return;
-  const T* ai = a + i * a_si;
-  T* ci = c + i * ldc;
-#if defined(PK_ISA_AVX512)
-  if (r > 4)
-    tile_row<T, 6>(kc, ai, a_si, a_sk, r, b, b_sk, nvec, ci, ldc, init, colscale);
-  else if (r > 2)
-    tile_row<T, 4>(kc, ai, a_si, a_sk, r, b, b_sk, nvec, ci, ldc, init, colscale);
-  else
-    tile_row<T, 2>(kc, ai, a_si, a_sk, r, b, b_sk, nvec, ci, ldc, init, colscale);
-#else
-  tile_row<T, 2>(kc, ai, a_si, a_sk, r, b, b_sk, nvec, ci, ldc, init, colscale);
-#endif
 }
 
 // ---- scores of one block: S^T[j][i] (base 2) for keys j0.., queries i0.. -----------------------

@@ -69,6 +69,7 @@ const char* pk::active_isa() { return g_isa.name; }
 void bind_pool2d(py::module_& m);  // pool2d_bind.cpp
 void bind_conv2d(py::module_& m);  // conv2d_bind.cpp
 void bind_attention(py::module_& m);  // attention_bind.cpp
+void bind_rnn(py::module_& m);  // rnn_bind.cpp
 
 namespace {
 
@@ -101,6 +102,7 @@ PYBIND11_MODULE(_C, m) {
   bind_pool2d(m);
   bind_conv2d(m);
   bind_attention(m);
+  bind_rnn(m);
   m.def("cpu_supports", &cpu_has, py::arg("isa"));
   m.def("set_num_threads", [](int n) {
     if (n < 1) throw std::invalid_argument("set_num_threads: n must be >= 1, got " + std::to_string(n));

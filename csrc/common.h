@@ -212,4 +212,61 @@ PK_DECLARE_ATTENTION(avx2)
 PK_DECLARE_ATTENTION(generic)
 // ---- end attention ---------------------------------------------------------------------------
 
+
+// ---- rnn (rnn.cpp, compiled once per ISA; bound in rnn_bind.cpp) -----------------------------
+// One LSTM (kind 0, gates i, f, g, o) or GRU (kind 1, gates r, z, n) layer in one direction over a
+// whole sequence, torch.nn.LSTM/GRU's equations. x [T, B, I], h0/c0 [B, H] (nullptr = zeros),
+// w_ih [G*H, I], w_hh [G*H, H], b_ih/b_hh [G*H] (nullptr = none), y [T, B, H], hn/cn [B, H];
+// strides in elements (T = steps). reverse walks t = T-1 .. 0. batch_sizes (int64 [T], non-increasing, or
+// nullptr): at time t only rows b < batch_sizes[t] are updated (PackedSequence), the others keep
+// their state and get y = 0. ws: T*B*6*H (LSTM) / T*B*5*H (GRU) elements written by the forward
+// for the backward (nullptr in the forward: nothing saved). The backward writes every non-null
+// gradient (dx [T, B, I], dh0/dc0 [B, H], dw_ih, dw_hh, db_ih, db_hh) for the incoming dy
+// (nullptr = 0), dhn, dcn (nullptr = 0).
+template <typename T>
+struct RnnArgs {
+  int kind;
+  int64_t steps, B, I, H;  // steps = T, the sequence length
+  bool reverse;
+  const T* x; int64_t sx[3];
+  const T* h0; int64_t sh0[2];
+  const T* c0; int64_t sc0[2];
+  const T* w_ih; int64_t swi[2];
+  const T* w_hh; int64_t swh[2];
+  const T* b_ih; int64_t sbi;
+  const T* b_hh; int64_t sbh;
+  const int64_t* batch_sizes;
+  T* y; int64_t sy[3];
+  T* hn; int64_t shn[2];
+  T* cn; int64_t scn[2];
+  T* ws;
+  const T* dy; int64_t sdy[3];
+  const T* dhn; int64_t sdhn[2];
+  const T* dcn; int64_t sdcn[2];
+  T* dx; int64_t sdx[3];
+  T* dh0; int64_t sdh0[2];
+  T* dc0; int64_t sdc0[2];
+  T* dw_ih; int64_t sdwi[2];
+  T* dw_hh; int64_t sdwh[2];
+  T* db_ih; int64_t sdbi;
+  T* db_hh; int64_t sdbh;
+};
+
+inline int64_t rnn_workspace_elems(int kind, int64_t T, int64_t B, int64_t H) {
+  return T * B * H * (kind == 0 ? 6 : 5);
+}
+
+#define PK_DECLARE_RNN(NS)                                   \
+  namespace NS {                                             \
+  void rnn_forward(const RnnArgs<float>& a);                 \
+  void rnn_forward(const RnnArgs<double>& a);                \
+  void rnn_backward(const RnnArgs<float>& a);                \
+  void rnn_backward(const RnnArgs<double>& a);               \
+  }
+
+PK_DECLARE_RNN(avx512)
+PK_DECLARE_RNN(avx2)
+PK_DECLARE_RNN(generic)
+// ---- end rnn ---------------------------------------------------------------------------------
+
 }  // namespace pk

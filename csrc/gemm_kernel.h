@@ -1,5 +1,5 @@
 // gemm_kernel.h — the GEMM building blocks shared by every kernel that is a GEMM underneath
-// (gemm.cpp, conv2d.cpp): cache blocking, packing, the register-tiled microkernel, the tile store
+// (gemm.cpp, conv2d.cpp, attention.cpp, rnn.cpp): cache blocking, packing, the register-tiled microkernel, the tile store
 // with the fused epilogue, and the activations. Included inside namespace pk::PK_NS::{anonymous}
 // by files compiled once per ISA; see gemm.cpp's header for how the blocking was chosen.
 #pragma once
@@ -259,6 +259,109 @@ inline void choose_split(int64_t mb, int64_t nb, int64_t parts, int64_t* tm, int
     const int64_t piece = ceil_div(mb, a) * ceil_div(nb, b);
     if (best < 0 || piece < best) { best = piece; *tm = a; *tn = b; }
   }
+}
+
+// ---- small GEMMs on register tiles that read A in place (attention.cpp, rnn.cpp) ------------
+#if defined(PK_ISA_AVX512)
+constexpr int kTileMR = 6;  // 6 x 4 vectors = 24 accumulators of 32
+#else
+constexpr int kTileMR = 2;  // 2 x 4 vectors = 8 accumulators of 16
+#endif
+
+// ---- register-tiled GEMM on one tile ---------------------------------------------------------
+// c[i][0 : NV*L] = init + sum_k a[i*a_si + k*a_sk] * b[k*b_sk + 0 : NV*L]   for i < mr <= MR,
+// init = 0 (kZero), c itself (kLoad) or c scaled column-wise by colscale (kScale). A is read in
+// place with any strides (rows past mr repeat row mr-1 and are not stored); B rows are NV
+// contiguous vectors.
+enum Init { kZero, kLoad, kScale };
+
+template <typename T, int MR, int NV>
+inline void tile_gemm(int64_t kc, const T* __restrict a, int64_t a_si, int64_t a_sk, int64_t mr,
+                      const T* __restrict b, int64_t b_sk, T* __restrict c, int64_t ldc, Init init,
+                      const T* colscale) {
+  constexpr int L = lanes<T>();
+  const T* ar[MR];
+#pragma GCC unroll 8
+  for (int i = 0; i < MR; ++i) ar[i] = a + (i < mr ? i : mr - 1) * a_si;
+  V<T> acc[MR][NV];
+  if (init == kZero) {
+#pragma GCC unroll 8
+    for (int i = 0; i < MR; ++i)
+#pragma GCC unroll 4
+      for (int j = 0; j < NV; ++j) acc[i][j] = V<T>{};
+  } else {
+#pragma GCC unroll 8
+    for (int i = 0; i < MR; ++i) {
+      const T* crow = c + (i < mr ? i : mr - 1) * ldc;
+#pragma GCC unroll 4
+      for (int j = 0; j < NV; ++j) acc[i][j] = vload(crow + j * L);
+    }
+    if (init == kScale) {
+#pragma GCC unroll 4
+      for (int j = 0; j < NV; ++j) {
+        const V<T> s = vload(colscale + j * L);
+#pragma GCC unroll 8
+        for (int i = 0; i < MR; ++i) acc[i][j] *= s;
+      }
+    }
+  }
+  for (int64_t k = 0; k < kc; ++k) {
+    V<T> bv[NV];
+#pragma GCC unroll 4
+    for (int j = 0; j < NV; ++j) bv[j] = vload(b + k * b_sk + j * L);
+#pragma GCC unroll 8
+    for (int i = 0; i < MR; ++i) {
+      const V<T> av = vbcast(ar[i][k * a_sk]);
+#pragma GCC unroll 4
+      for (int j = 0; j < NV; ++j) acc[i][j] += av * bv[j];
+    }
+  }
+#pragma GCC unroll 8
+  for (int i = 0; i < MR; ++i) {
+    if (i >= mr) break;
+#pragma GCC unroll 4
+    for (int j = 0; j < NV; ++j) vstore(c + i * ldc + j * L, acc[i][j]);
+  }
+}
+
+// The columns of one GEMM in chunks of 4, 2 and 1 vectors.
+template <typename T, int MR>
+inline void tile_row(int64_t kc, const T* a, int64_t a_si, int64_t a_sk, int64_t mr, const T* b, int64_t b_sk,
+                     int64_t nvec, T* c, int64_t ldc, Init init, const T* colscale) {
+  constexpr int L = lanes<T>();
+  auto cs = [&](int64_t j) { return colscale ? colscale + j * L : nullptr; };
+  int64_t j = 0;
+  for (; j + 4 <= nvec; j += 4)
+    tile_gemm<T, MR, 4>(kc, a, a_si, a_sk, mr, b + j * L, b_sk, c + j * L, ldc, init, cs(j));
+  if (j + 2 <= nvec) {
+    tile_gemm<T, MR, 2>(kc, a, a_si, a_sk, mr, b + j * L, b_sk, c + j * L, ldc, init, cs(j));
+    j += 2;
+  }
+  if (j < nvec) tile_gemm<T, MR, 1>(kc, a, a_si, a_sk, mr, b + j * L, b_sk, c + j * L, ldc, init, cs(j));
+}
+
+// C[m][nvec vectors] (init as above) += A[m][kc] B[kc][nvec vectors]: rows in tiles of kTileMR, the
+// tail on a smaller tile.
+template <typename T>
+void gemm_rows(int64_t m, int64_t kc, const T* a, int64_t a_si, int64_t a_sk, const T* b, int64_t b_sk,
+               int64_t nvec, T* c, int64_t ldc, Init init, const T* colscale = nullptr) {
+  int64_t i = 0;
+  for (; i + kTileMR <= m; i += kTileMR)
+    tile_row<T, kTileMR>(kc, a + i * a_si, a_si, a_sk, kTileMR, b, b_sk, nvec, c + i * ldc, ldc, init, colscale);
+  const int64_t r = m - i;
+  if (r <= 0) return;
+  const T* ai = a + i * a_si;
+  T* ci = c + i * ldc;
+#if defined(PK_ISA_AVX512)
+  if (r > 4)
+    tile_row<T, 6>(kc, ai, a_si, a_sk, r, b, b_sk, nvec, ci, ldc, init, colscale);
+  else if (r > 2)
+    tile_row<T, 4>(kc, ai, a_si, a_sk, r, b, b_sk, nvec, ci, ldc, init, colscale);
+  else
+    tile_row<T, 2>(kc, ai, a_si, a_sk, r, b, b_sk, nvec, ci, ldc, init, colscale);
+#else
+  tile_row<T, 2>(kc, ai, a_si, a_sk, r, b, b_sk, nvec, ci, ldc, init, colscale);
+#endif
 }
 
 }  // namespace

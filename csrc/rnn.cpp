@@ -1,0 +1,432 @@
+// rnn.cpp — one LSTM or GRU layer over a whole sequence, forward and backward through time.
+//
+// Forward:
+//   1. The input projection of every step at once, one GEMM: Gx[t] = x[t] W_ih^T + bias (the
+//      biases that can be merged: b_ih + b_hh for LSTM; for GRU b_hh's n part stays apart, since
+//      torch applies it inside r * (h W_hn^T + b_hn)). It is written into the workspace's gate rows.
+//   2. Per step, one parallel pass over chunks of L hidden units (L = SIMD lanes). A chunk's task
+//      computes h_prev W_hh^T for the G gate slabs of its units on a register tile of
+//      rows x G vectors (W_hh packed once per call so each chunk's G*L columns are contiguous),
+//      and applies the gate nonlinearities and the state update to the accumulators in registers:
+//      the hidden GEMM and the cell are one fused step, with one barrier per time step.
+// Backward, walking time in the opposite order:
+//   per step one parallel pass over chunks of 4L units: first the recurrent GEMM of the step
+//   processed before (dh_prev = dG W_hh, rows active then), then the elementwise gate gradients of
+//   this step from the saved gates (dG, written to a [T, B, G*H] buffer). After the loop, three
+//   GEMMs over all steps: dx = dG W_ih, dW_ih = dG^T x, dW_hh = dGh^T h_prev, and the bias
+//   gradients as column sums.
+// Workspace (index t = time): LSTM gates [T][B][4H] (i, f, g, o after the nonlinearity) | c [T][B][H]
+// | h_prev [T][B][H]; GRU gates [T][B][4H] (r, z, n, h W_hn^T + b_hn) | h_prev [T][B][H].
+// PackedSequence (batch_sizes): at time t only rows b < batch_sizes[t] are active; the others'
+// state is carried unchanged (both directions: rows leave the forward direction at their last
+// step and join the reverse direction at it).
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <vector>
+
+#include "common.h"
+#include "gemm_kernel.h"
+#include "vmath.h"
+
+namespace pk {
+namespace PK_NS {
+namespace {
+
+enum { kLstm = 0, kGru = 1 };
+
+// Sizes of one call.
+template <typename T>
+struct Plan {
+  int kind;
+  int64_t Tn, B, I, H, G, GH, GW, nch, nchb;
+  explicit Plan(const RnnArgs<T>& a)
+      : kind(a.kind), Tn(a.steps), B(a.B), I(a.I), H(a.H), G(a.kind == kLstm ? 4 : 3), GH(G * a.H),
+        GW(4 * a.H), nch(ceil_div(a.H, lanes<T>())), nchb(ceil_div(a.H, 4 * lanes<T>())) {}
+  int64_t time(int64_t s, bool reverse) const { return reverse ? Tn - 1 - s : s; }
+  T* gates(T* ws) const { return ws; }
+  T* cs(T* ws) const { return kind == kLstm ? ws + Tn * B * GW : nullptr; }
+  T* hs(T* ws) const { return ws + Tn * B * GW + (kind == kLstm ? Tn * B * H : 0); }
+};
+
+template <typename T>
+int64_t active_rows(const RnnArgs<T>& a, int64_t t) {
+  return a.batch_sizes ? a.batch_sizes[t] : a.B;
+}
+
+// A strided run of n (<= lanes) values as a vector, and back.
+template <typename T>
+inline V<T> load_s(const T* p, int64_t stride, int64_t n) {
+  if (stride == 1) return n == lanes<T>() ? vload(p) : vload_n(p, n);
+  V<T> v{};
+  for (int64_t l = 0; l < n; ++l) v[l] = p[l * stride];
+  return v;
+}
+template <typename T>
+inline void store_s(T* p, int64_t stride, V<T> v, int64_t n) {
+  if (stride == 1) {
+    if (n == lanes<T>()) vstore(p, v); else vstore_n(p, v, n);
+    return;
+  }
+  for (int64_t l = 0; l < n; ++l) p[l * stride] = v[l];
+}
+
+// ---- forward -------------------------------------------------------------------------------------
+// acc[i][g] = sum_k a[i][k] * b[k][g*L : g*L + L] for rows i < mr, then epi(i, acc[i]).
+template <typename T, int MR, int G, typename Epi>
+inline void fused_tile(int64_t kc, const T* __restrict a, int64_t a_si, int64_t mr, const T* __restrict b,
+                       Epi&& epi) {
+  constexpr int L = lanes<T>();
+  const T* ar[MR];
+#pragma GCC unroll 8
+  for (int i = 0; i < MR; ++i) ar[i] = a + (i < mr ? i : mr - 1) * a_si;
+  V<T> acc[MR][G];
+#pragma GCC unroll 8
+  for (int i = 0; i < MR; ++i)
+#pragma GCC unroll 4
+    for (int g = 0; g < G; ++g) acc[i][g] = V<T>{};
+  for (int64_t k = 0; k < kc; ++k) {
+    V<T> bv[G];
+#pragma GCC unroll 4
+    for (int g = 0; g < G; ++g) bv[g] = vload(b + k * G * L + g * L);
+#pragma GCC unroll 8
+    for (int i = 0; i < MR; ++i) {
+      const V<T> av = vbcast(ar[i][k]);
+#pragma GCC unroll 4
+      for (int g = 0; g < G; ++g) acc[i][g] += av * bv[g];
+    }
+  }
+#pragma GCC unroll 8
+  for (int i = 0; i < MR; ++i) {
+    if (i >= mr) break;
+    epi(i, acc[i]);
+  }
+}
+
+template <typename T, int G, typename Epi>
+void fused_rows(int64_t m, int64_t kc, const T* a, int64_t a_si, const T* b, Epi&& epi) {
+  int64_t i = 0;
+  auto at = [&](int64_t i0) { return [&, i0](int r, V<T>* acc) { epi(i0 + r, acc); }; };
+  for (; i + kTileMR <= m; i += kTileMR) fused_tile<T, kTileMR, G>(kc, a + i * a_si, a_si, kTileMR, b, at(i));
+  const int64_t r = m - i;
+  if (r <= 0) return;
+#if defined(PK_ISA_AVX512)
+  if (r > 4) {  // r = 5
+    fused_tile<T, 4, G>(kc, a + i * a_si, a_si, 4, b, at(i));
+    fused_tile<T, 2, G>(kc, a + (i + 4) * a_si, a_si, r - 4, b, at(i + 4));
+  } else if (r > 2) {
+    fused_tile<T, 4, G>(kc, a + i * a_si, a_si, r, b, at(i));
+  } else {
+    fused_tile<T, 2, G>(kc, a + i * a_si, a_si, r, b, at(i));
+  }
+#else
+  fused_tile<T, 2, G>(kc, a + i * a_si, a_si, r, b, at(i));
+#endif
+}
+
+// W_hh packed for the forward: chunk c holds, for every k, the G gate rows of its L units side by
+// side: wp[c][k][g*L + l] = W_hh[g*H + c*L + l][k] (0 past H).
+template <typename T>
+void pack_whh_forward(const RnnArgs<T>& a, const Plan<T>& p, T* wp) {
+  constexpr int L = lanes<T>();
+  parallel_for(p.nch, [&](int64_t c, int) {
+    T* dst = wp + c * p.H * p.G * L;
+    for (int64_t k = 0; k < p.H; ++k)
+      for (int64_t g = 0; g < p.G; ++g)
+        for (int l = 0; l < L; ++l) {
+          const int64_t j = c * L + l;
+          dst[(k * p.G + g) * L + l] = j < p.H ? a.w_hh[(g * p.H + j) * a.swh[0] + k * a.swh[1]] : T(0);
+        }
+  });
+}
+
+// The input projection of all steps into gates[t][b][0 : G*H] (row width GW).
+template <typename T>
+void input_projection(const RnnArgs<T>& a, const Plan<T>& p, T* gates) {
+  std::vector<T> bias(p.GH, T(0));
+  const bool has_bias = a.b_ih || a.b_hh;
+  for (int64_t n = 0; n < p.GH; ++n) {
+    if (a.b_ih) bias[n] += a.b_ih[n * a.sbi];
+    if (a.b_hh && (p.kind == kLstm || n < 2 * p.H)) bias[n] += a.b_hh[n * a.sbh];
+  }
+  const bool merged = a.sx[0] == a.B * a.sx[1];  // (t, b) is one index: one GEMM of T*B rows
+  GemmArgs<T> g{};
+  g.batch = merged ? 1 : p.Tn;
+  g.M = merged ? p.Tn * p.B : p.B;
+  g.N = p.GH;
+  g.K = p.I;
+  g.a = a.x; g.sa_b = a.sx[0]; g.sa_m = a.sx[1]; g.sa_k = a.sx[2];
+  g.b = a.w_ih; g.sb_b = 0; g.sb_k = a.swi[1]; g.sb_n = a.swi[0];
+  g.c = gates; g.sc_b = p.B * p.GW; g.sc_m = p.GW; g.sc_n = 1;
+  g.bias = has_bias ? bias.data() : nullptr; g.s_bias = 1; g.bias_dim = 1;
+  g.act = Act::None;
+  g.preact = nullptr;
+  g.accumulate = false;
+  gemm_forward(g);
+}
+
+template <typename T>
+void forward_impl(const RnnArgs<T>& a) {
+  constexpr int L = lanes<T>();
+  const Plan<T> p(a);
+  const int64_t B = p.B, H = p.H, GW = p.GW;
+  std::vector<T> own;  // without a workspace: the gate rows and a double-buffered h state
+  T* gates = a.ws ? p.gates(a.ws) : nullptr;
+  if (!a.ws) {
+    own.resize(p.Tn * B * GW + 2 * B * H);
+    gates = own.data();
+  }
+  T* cs = a.ws ? p.cs(a.ws) : nullptr;
+  T* hs = a.ws ? p.hs(a.ws) : nullptr;
+  T* hbuf = a.ws ? nullptr : own.data() + p.Tn * B * GW;
+  std::vector<T> wp(p.nch * H * p.G * L), state(2 * B * H);  // packed W_hh; c state, final h
+  T* c_state = state.data();
+  T* h_final = state.data() + B * H;
+  input_projection(a, p, gates);
+  pack_whh_forward(a, p, wp.data());
+
+  auto h_slot = [&](int64_t s) -> T* {  // h before step s (the A operand of step s)
+    if (s == p.Tn) return h_final;
+    return hs ? hs + p.time(s, a.reverse) * B * H : hbuf + (s & 1) * B * H;
+  };
+  T* h_first = h_slot(0);
+  for (int64_t b = 0; b < B; ++b)
+    for (int64_t j = 0; j < H; ++j) {
+      h_first[b * H + j] = a.h0 ? a.h0[b * a.sh0[0] + j * a.sh0[1]] : T(0);
+      c_state[b * H + j] = p.kind == kLstm && a.c0 ? a.c0[b * a.sc0[0] + j * a.sc0[1]] : T(0);
+    }
+
+  for (int64_t s = 0; s < p.Tn; ++s) {
+    const int64_t t = p.time(s, a.reverse), bs = active_rows(a, t);
+    const T* hp = h_slot(s);
+    T* hn = h_slot(s + 1);
+    T* grow = gates + t * B * GW;
+    T* crow = cs ? cs + t * B * H : nullptr;
+    T* yt = a.y + t * a.sy[0];
+    parallel_for(p.nch, [&](int64_t c, int) {
+      const int64_t j0 = c * L, nl = std::min<int64_t>(L, H - j0);
+      const T* wc = wp.data() + c * H * p.G * L;
+      if (p.kind == kLstm) {
+        fused_rows<T, 4>(bs, H, hp, H, wc, [&](int64_t b, V<T>* acc) {
+          T* gr = grow + b * GW + j0;
+          const V<T> i = vsigmoid<T>(acc[0] + vload_n(gr, nl));
+          const V<T> f = vsigmoid<T>(acc[1] + vload_n(gr + H, nl));
+          const V<T> g = vtanh<T>(acc[2] + vload_n(gr + 2 * H, nl));
+          const V<T> o = vsigmoid<T>(acc[3] + vload_n(gr + 3 * H, nl));
+          const V<T> cn = f * vload_n(c_state + b * H + j0, nl) + i * g;
+          const V<T> h = o * vtanh<T>(cn);
+          vstore_n(gr, i, nl);
+          vstore_n(gr + H, f, nl);
+          vstore_n(gr + 2 * H, g, nl);
+          vstore_n(gr + 3 * H, o, nl);
+          vstore_n(c_state + b * H + j0, cn, nl);
+          if (crow) vstore_n(crow + b * H + j0, cn, nl);
+          vstore_n(hn + b * H + j0, h, nl);
+          store_s(yt + b * a.sy[1] + j0 * a.sy[2], a.sy[2], h, nl);
+        });
+      } else {
+        const V<T> bhn = a.b_hh ? load_s(a.b_hh + (2 * H + j0) * a.sbh, a.sbh, nl) : V<T>{};
+        fused_rows<T, 3>(bs, H, hp, H, wc, [&](int64_t b, V<T>* acc) {
+          T* gr = grow + b * GW + j0;
+          const V<T> r = vsigmoid<T>(acc[0] + vload_n(gr, nl));
+          const V<T> z = vsigmoid<T>(acc[1] + vload_n(gr + H, nl));
+          const V<T> hl = acc[2] + bhn;
+          const V<T> n = vtanh<T>(vload_n(gr + 2 * H, nl) + r * hl);
+          const V<T> h = (T(1) - z) * n + z * vload_n(hp + b * H + j0, nl);
+          vstore_n(gr, r, nl);
+          vstore_n(gr + H, z, nl);
+          vstore_n(gr + 2 * H, n, nl);
+          vstore_n(gr + 3 * H, hl, nl);
+          vstore_n(hn + b * H + j0, h, nl);
+          store_s(yt + b * a.sy[1] + j0 * a.sy[2], a.sy[2], h, nl);
+        });
+      }
+      for (int64_t b = bs; b < B; ++b) {  // inactive rows: state carried, y = 0
+        std::memcpy(hn + b * H + j0, hp + b * H + j0, nl * sizeof(T));
+        store_s(yt + b * a.sy[1] + j0 * a.sy[2], a.sy[2], V<T>{}, nl);
+      }
+    });
+  }
+  for (int64_t b = 0; b < B; ++b)
+    for (int64_t j = 0; j < H; ++j) {
+      if (a.hn) a.hn[b * a.shn[0] + j * a.shn[1]] = h_final[b * H + j];
+      if (a.cn && p.kind == kLstm) a.cn[b * a.scn[0] + j * a.scn[1]] = c_state[b * H + j];
+    }
+}
+
+// ---- backward ------------------------------------------------------------------------------------
+// W_hh packed for dh_prev = dG W_hh: chunk c of 4L units holds wq[c][gk][u] = W_hh[gk][c*4L + u].
+template <typename T>
+void pack_whh_backward(const RnnArgs<T>& a, const Plan<T>& p, T* wq) {
+  constexpr int CW = 4 * lanes<T>();
+  parallel_for(p.nchb, [&](int64_t c, int) {
+    T* dst = wq + c * p.GH * CW;
+    for (int64_t gk = 0; gk < p.GH; ++gk)
+      for (int u = 0; u < CW; ++u) {
+        const int64_t j = c * CW + u;
+        dst[gk * CW + u] = j < p.H ? a.w_hh[gk * a.swh[0] + j * a.swh[1]] : T(0);
+      }
+  });
+}
+
+template <typename T>
+void backward_impl(const RnnArgs<T>& a) {
+  constexpr int L = lanes<T>();
+  constexpr int CW = 4 * L;
+  const Plan<T> p(a);
+  const int64_t B = p.B, H = p.H, GH = p.GH, GW = p.GW, Tn = p.Tn;
+  const bool lstm = p.kind == kLstm;
+  const T* gates = p.gates(a.ws);
+  const T* cs = p.cs(a.ws);
+  const T* hs = p.hs(a.ws);
+  // dG of every step (inactive rows stay 0); GRU: the hidden part dGh apart (it differs in n)
+  std::vector<T> dgx(Tn * B * GH, T(0)), dgh(lstm ? 0 : Tn * B * GH, T(0));
+  T* dGx = dgx.data();
+  T* dGh = lstm ? dGx : dgh.data();
+  std::vector<T> wq(p.nchb * GH * CW), carry(2 * B * H, T(0));
+  T* dh = carry.data();      // gradient reaching each row's h state from later steps
+  T* dc = dh + B * H;        // ... and its c state (LSTM)
+  pack_whh_backward(a, p, wq.data());
+  for (int64_t b = 0; b < B; ++b)
+    for (int64_t j = 0; j < H; ++j) {
+      if (a.dhn) dh[b * H + j] = a.dhn[b * a.sdhn[0] + j * a.sdhn[1]];
+      if (a.dcn && lstm) dc[b * H + j] = a.dcn[b * a.sdcn[0] + j * a.sdcn[1]];
+    }
+  // dh[b] (+)= dGh[t] W_hh for the rows active at t, units of chunk c
+  auto recurrent = [&](int64_t c, int64_t t) {
+    const int64_t u0 = c * CW, nu = std::min<int64_t>(CW, H - u0);
+    const int64_t nvec = ceil_div(nu, L);
+    // the tile writes whole vectors: work in a [rows][CW] scratch when H ends inside one
+    T* dst = dh + u0;
+    int64_t ld = H;
+    std::vector<T> tmp;
+    const int64_t rows = active_rows(a, t);
+    const bool ragged = nu % L != 0;
+    if (ragged) {
+      tmp.assign(rows * CW, T(0));
+      for (int64_t b = 0; b < rows; ++b) std::memcpy(tmp.data() + b * CW, dh + b * H + u0, nu * sizeof(T));
+      dst = tmp.data();
+      ld = CW;
+    }
+    gemm_rows<T>(rows, GH, dGh + t * B * GH, GH, 1, wq.data() + c * GH * CW, CW, nvec, dst, ld,
+                 lstm ? kZero : kLoad);
+    if (ragged)
+      for (int64_t b = 0; b < rows; ++b) std::memcpy(dh + b * H + u0, tmp.data() + b * CW, nu * sizeof(T));
+  };
+  for (int64_t s = Tn - 1; s >= 0; --s) {  // forward step s, in reverse order
+    const int64_t t = p.time(s, a.reverse), bs = active_rows(a, t);
+    const bool has_prev = s + 1 < Tn;
+    const int64_t tp = has_prev ? p.time(s + 1, a.reverse) : 0;  // processed just before
+    const int64_t tc = s > 0 ? p.time(s - 1, a.reverse) : -1;   // the step whose c is c_prev
+    parallel_for(p.nchb, [&](int64_t c, int) {
+      if (has_prev) recurrent(c, tp);
+      const int64_t u_end = std::min<int64_t>(H, (c + 1) * CW);
+      for (int64_t b = 0; b < bs; ++b) {
+        const T* gr = gates + (t * B + b) * GW;
+        T* dx = dGx + (t * B + b) * GH;
+        T* dhh = dGh + (t * B + b) * GH;
+        for (int64_t j0 = c * CW; j0 < u_end; j0 += L) {
+          const int64_t nl = std::min<int64_t>(L, u_end - j0);
+          V<T> g_h = vload_n(dh + b * H + j0, nl);
+          if (a.dy) g_h += load_s(a.dy + t * a.sdy[0] + b * a.sdy[1] + j0 * a.sdy[2], a.sdy[2], nl);
+          if (lstm) {
+            const V<T> i = vload_n(gr + j0, nl), f = vload_n(gr + H + j0, nl);
+            const V<T> g = vload_n(gr + 2 * H + j0, nl), o = vload_n(gr + 3 * H + j0, nl);
+            const V<T> cc = vload_n(cs + (t * B + b) * H + j0, nl);
+            V<T> cp{};  // c before step t: the previous step's, or c0 where the row starts here
+            if (tc >= 0 && b < active_rows(a, tc))
+              cp = vload_n(cs + (tc * B + b) * H + j0, nl);
+            else if (a.c0)
+              cp = load_s(a.c0 + b * a.sc0[0] + j0 * a.sc0[1], a.sc0[1], nl);
+            const V<T> th = vtanh<T>(cc);
+            const V<T> g_c = vload_n(dc + b * H + j0, nl) + g_h * o * (T(1) - th * th);
+            vstore_n(dx + j0, g_c * g * i * (T(1) - i), nl);
+            vstore_n(dx + H + j0, g_c * cp * f * (T(1) - f), nl);
+            vstore_n(dx + 2 * H + j0, g_c * i * (T(1) - g * g), nl);
+            vstore_n(dx + 3 * H + j0, g_h * th * o * (T(1) - o), nl);
+            vstore_n(dc + b * H + j0, g_c * f, nl);
+          } else {
+            const V<T> r = vload_n(gr + j0, nl), z = vload_n(gr + H + j0, nl);
+            const V<T> n = vload_n(gr + 2 * H + j0, nl), hl = vload_n(gr + 3 * H + j0, nl);
+            const V<T> hprev = vload_n(hs + (t * B + b) * H + j0, nl);
+            const V<T> g_an = g_h * (T(1) - z) * (T(1) - n * n);
+            const V<T> g_r = g_an * hl * r * (T(1) - r);
+            const V<T> g_z = g_h * (hprev - n) * z * (T(1) - z);
+            vstore_n(dx + j0, g_r, nl);
+            vstore_n(dx + H + j0, g_z, nl);
+            vstore_n(dx + 2 * H + j0, g_an, nl);
+            vstore_n(dhh + j0, g_r, nl);
+            vstore_n(dhh + H + j0, g_z, nl);
+            vstore_n(dhh + 2 * H + j0, g_an * r, nl);
+            vstore_n(dh + b * H + j0, g_h * z, nl);  // h' = ... + z h: the direct path
+          }
+        }
+      }
+    });
+  }
+  if (Tn > 0) {  // the first step's dG reaches h0 through W_hh
+    const int64_t t0 = p.time(0, a.reverse);
+    parallel_for(p.nchb, [&](int64_t c, int) { recurrent(c, t0); });
+  }
+  for (int64_t b = 0; b < B; ++b)
+    for (int64_t j = 0; j < H; ++j) {
+      if (a.dh0) a.dh0[b * a.sdh0[0] + j * a.sdh0[1]] = dh[b * H + j];
+      if (a.dc0 && lstm) a.dc0[b * a.sdc0[0] + j * a.sdc0[1]] = dc[b * H + j];
+    }
+
+  // ---- weight, bias and input gradients: GEMMs over all steps ----
+  const int64_t TB = Tn * B;
+  auto gemm = [](int64_t M, int64_t N, int64_t K, const T* A, int64_t sam, int64_t sak, const T* Bm,
+                 int64_t sbk, int64_t sbn, T* C, int64_t scm, int64_t scn, int64_t batch = 1,
+                 int64_t sab = 0, int64_t scb = 0) {
+    GemmArgs<T> g{};
+    g.batch = batch; g.M = M; g.N = N; g.K = K;
+    g.a = A; g.sa_b = sab; g.sa_m = sam; g.sa_k = sak;
+    g.b = Bm; g.sb_b = 0; g.sb_k = sbk; g.sb_n = sbn;
+    g.c = C; g.sc_b = scb; g.sc_m = scm; g.sc_n = scn;
+    g.bias = nullptr; g.act = Act::None; g.preact = nullptr; g.accumulate = false;
+    gemm_forward(g);
+  };
+  if (a.dx)  // dx[t] = dGx[t] W_ih
+    gemm(B, p.I, GH, dGx, GH, 1, a.w_ih, a.swi[0], a.swi[1], a.dx, a.sdx[1], a.sdx[2], Tn, B * GH, a.sdx[0]);
+  if (a.dw_ih) {  // dW_ih = dGx^T x over all (t, b)
+    std::vector<T> xc;
+    const T* xm = a.x;
+    int64_t sm = a.sx[1], sk = a.sx[2];
+    if (a.sx[0] != B * a.sx[1]) {  // (t, b) not one index: a contiguous copy of x for this GEMM
+      xc.resize(TB * p.I);
+      for (int64_t t = 0; t < Tn; ++t)
+        for (int64_t b = 0; b < B; ++b)
+          for (int64_t i = 0; i < p.I; ++i) xc[(t * B + b) * p.I + i] = a.x[t * a.sx[0] + b * a.sx[1] + i * a.sx[2]];
+      xm = xc.data();
+      sm = p.I;
+      sk = 1;
+    }
+    gemm(GH, p.I, TB, dGx, 1, GH, xm, sm, sk, a.dw_ih, a.sdwi[0], a.sdwi[1]);
+  }
+  if (a.dw_hh)  // dW_hh = dGh^T h_prev over all (t, b)
+    gemm(GH, H, TB, dGh, 1, GH, hs, H, 1, a.dw_hh, a.sdwh[0], a.sdwh[1]);
+  auto colsum = [&](const T* m, T* out, int64_t s_out) {
+    EpilogueBwdArgs<T> e{};
+    e.M = TB; e.N = GH;
+    e.dy = m; e.sdy_m = GH; e.sdy_n = 1;
+    e.saved = m; e.ss_m = GH; e.ss_n = 1;
+    e.act = Act::None;
+    e.dz = nullptr;
+    e.dbias = out; e.s_dbias = s_out;
+    gemm_backward(e);
+  };
+  if (a.db_ih) colsum(dGx, a.db_ih, a.sdbi);
+  if (a.db_hh) colsum(dGh, a.db_hh, a.sdbh);
+}
+
+}  // namespace
+
+void rnn_forward(const RnnArgs<float>& a) { forward_impl(a); }
+void rnn_forward(const RnnArgs<double>& a) { forward_impl(a); }
+void rnn_backward(const RnnArgs<float>& a) { backward_impl(a); }
+void rnn_backward(const RnnArgs<double>& a) { backward_impl(a); }
+
+}  // namespace PK_NS
+}  // namespace pk
