@@ -243,6 +243,47 @@ def _check_cases():
                 (f" {mask} mask" if mask else "")
         return ("attention", label, run)
 
+    def rnn_case(kind, T, B, I, H, reverse=False, packed=False, h0=True):
+        def run(device, dtype, gen):
+            from pykernels.reference import rnn as RR
+            G = 4 if kind == "lstm" else 3
+            x = randn((T, B, I), dtype, device, gen).requires_grad_()
+            states = [randn((B, H), dtype, device, gen).requires_grad_() for _ in range(G - 2)] if h0 \
+                else []
+            w_ih = (randn((G * H, I), dtype, device, gen) * I ** -0.5).requires_grad_()
+            w_hh = (randn((G * H, H), dtype, device, gen) * H ** -0.5).requires_grad_()
+            b_ih, b_hh = (randn((G * H,), dtype, device, gen).requires_grad_() for _ in range(2))
+            bs = None
+            if packed:  # sorted lengths from T down to 1: batch_sizes non-increasing, first B
+                lengths = torch.linspace(T, 1, B).round().long()
+                bs = torch.tensor([int((lengths > t).sum()) for t in range(T)], dtype=torch.int64)
+            bs_np = None if bs is None else bs.numpy()
+            s0 = [None] * (G - 2) if not h0 else states
+            if kind == "lstm":
+                y, (hn, cn) = pykernels.ops.lstm(x, tuple(states) if h0 else None, w_ih, w_hh, b_ih, b_hh,
+                                                 reverse=reverse, batch_sizes=bs)
+                outs = [y, hn, cn]
+                ref_f, ref_b = RR.lstm_forward, RR.lstm_backward
+            else:
+                y, hn = pykernels.ops.gru(x, states[0] if h0 else None, w_ih, w_hh, b_ih, b_hh,
+                                          reverse=reverse, batch_sizes=bs)
+                outs = [y, hn]
+                ref_f, ref_b = RR.gru_forward, RR.gru_backward
+            douts = [randn(tuple(o.shape), dtype, device, gen) for o in outs]
+            leaves = [x] + states + [w_ih, w_hh, b_ih, b_hh]
+            grads = torch.autograd.grad(outs, leaves, douts)
+            args = [np64(x)] + [None if s is None else np64(s) for s in s0] + \
+                [np64(t) for t in (w_ih, w_hh, b_ih, b_hh)]
+            refs = ref_f(*args, reverse=reverse, batch_sizes=bs_np)
+            drefs = [g for g in ref_b(*[np64(d) for d in douts], *args, reverse=reverse, batch_sizes=bs_np)
+                     if g is not None]
+            names = ["dx"] + ["dh0", "dc0"][:len(states)] + ["dw_ih", "dw_hh", "db_ih", "db_hh"]
+            out = [("y", y, refs[0])] + [(n, o, r) for n, o, r in zip(("hn", "cn"), outs[1:], refs[1:])]
+            return out + [(n, g, r) for n, g, r in zip(names, grads, drefs)]
+        label = f"x[{T},{B},{I}] H={H}" + ("" if h0 else " h0=None") + (" reverse" if reverse else "") + \
+            (" packed" if packed else "")
+        return (kind, label, run)
+
     cases = [linear_case((37, 61), 29, True, act) for act in (None, "relu", "gelu", "tanh", "sigmoid")]
     cases += [
         linear_case((3, 17, 45), 23, False, None),
@@ -272,6 +313,9 @@ def _check_cases():
         attention_case(2, 3, 29, 45, 32, 32, causal=True),  # N != S: top-left aligned
         attention_case(2, 2, 33, 21, 16, 24, mask="bool"),
         attention_case(2, 2, 17, 40, 64, 64, mask="float"),
+        rnn_case("lstm", 17, 5, 33, 31),
+        rnn_case("gru", 13, 4, 24, 37, h0=False, packed=True),
+        rnn_case("lstm", 11, 6, 19, 23, reverse=True, packed=True),
     ]
     return cases
 
