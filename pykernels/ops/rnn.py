@@ -168,21 +168,22 @@ def _reference_backward(kind, x, h0, c0, w_ih, w_hh, b_ih, b_hh, batch_sizes, re
 
 
 # ---- the sequence ops, shared by LSTM (kind 0) and GRU (kind 1) ------------------------------
-def _forward(kind: int, x: Tensor, h0: Optional[Tensor], c0: Optional[Tensor], w_ih: Tensor, w_hh: Tensor,
-             b_ih: Optional[Tensor], b_hh: Optional[Tensor], batch_sizes: Optional[Tensor], reverse: bool,
-             need_ws: bool):
-    """(y [T, B, H], hn [B, H], cn [B, H] or None for GRU, ws [numel] or [0])."""
+def _forward(backend: str, kind: int, x: Tensor, h0: Optional[Tensor], c0: Optional[Tensor], w_ih: Tensor,
+             w_hh: Tensor, b_ih: Optional[Tensor], b_hh: Optional[Tensor], batch_sizes: Optional[Tensor],
+             reverse: bool, need_ws: bool):
+    """(y [T, B, H], hn [B, H], cn [B, H] or None for GRU, ws [numel] or None unless need_ws)."""
     T, B, _ = x.shape
     H = w_hh.shape[1]
-    backend = resolve(x.device)
     y = x.new_empty((T, B, H))
     hn = x.new_empty((B, H))
     cn = x.new_empty((B, H)) if kind == _LSTM else None
-    if T == 0 or B == 0 or backend == "reference":
-        # nothing of the backward reads ws here; zeros keep the op's outputs deterministic
-        ws = x.new_zeros(_ws_numel(backend, kind, T, B, H) if need_ws else 0)
-    else:
-        ws = x.new_empty(_ws_numel(backend, kind, T, B, H) if need_ws else 0)
+    ws = None
+    if need_ws:
+        # zeros where the kernels leave it unwritten (the rows a batch_sizes step skips; all of it
+        # on the reference backend), so the op's outputs are deterministic (opcheck, compile)
+        numel = _ws_numel(backend, kind, T, B, H)
+        zero = batch_sizes is not None or T == 0 or B == 0 or backend == "reference"
+        ws = x.new_zeros(numel) if zero else x.new_empty(numel)
     if T == 0 or B == 0:  # no step: the state passes through
         for s, s0 in ((hn, h0), (cn, c0)):
             if s is not None:
@@ -190,8 +191,7 @@ def _forward(kind: int, x: Tensor, h0: Optional[Tensor], c0: Optional[Tensor], w
     elif backend == "reference":
         _reference_forward(kind, x, h0, c0, w_ih, w_hh, b_ih, b_hh, batch_sizes, reverse, y, hn, cn)
     else:
-        _run_forward(backend, kind, x, h0, c0, w_ih, w_hh, b_ih, b_hh, batch_sizes, reverse, y, hn, cn,
-                     ws if need_ws else None)
+        _run_forward(backend, kind, x, h0, c0, w_ih, w_hh, b_ih, b_hh, batch_sizes, reverse, y, hn, cn, ws)
     return y, hn, cn, ws
 
 
@@ -224,9 +224,12 @@ def _backward(kind: int, dy: Optional[Tensor], dhn: Optional[Tensor], dcn: Optio
         _reference_backward(kind, x, h0, c0, w_ih, w_hh, b_ih, b_hh, batch_sizes, reverse, dy, dhn, dcn,
                             grads)
         return grads
-    if ws.numel() == 0:
-        raise RuntimeError(f"pykernels.ops.{_KIND_NAMES[kind]}: no workspace was saved by the forward; call it "
-                           "with grad mode enabled and an input that requires grad to differentiate it")
+    if ws.numel() == 0:  # the op was called with need_ws=False: recompute the forward to fill one
+        H = w_hh.shape[1]
+        ws = x.new_empty(_ws_numel(backend, kind, T, B, H))
+        _run_forward(backend, kind, x, h0, c0, w_ih, w_hh, b_ih, b_hh, batch_sizes,
+                     reverse, x.new_empty((T, B, H)), x.new_empty((B, H)),
+                     x.new_empty((B, H)) if kind == _LSTM else None, ws)
     _run_backward(backend, kind, x, h0, c0, w_ih, w_hh, b_hh, batch_sizes, ws, reverse, dy, dhn, dcn,
                   dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh)
     return grads
@@ -242,7 +245,9 @@ def _lstm_impl(x: Tensor, h0: Optional[Tensor], c0: Optional[Tensor], w_ih: Tens
                b_ih: Optional[Tensor], b_hh: Optional[Tensor], batch_sizes: Optional[Tensor], reverse: bool,
                need_ws: bool) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
     """(y [T, B, H], hn [B, H], cn [B, H], ws): x [T, B, I] checked by the public function."""
-    return _forward(_LSTM, x, h0, c0, w_ih, w_hh, b_ih, b_hh, batch_sizes, reverse, need_ws)
+    y, hn, cn, ws = _forward(resolve(x.device), _LSTM, x, h0, c0, w_ih, w_hh, b_ih, b_hh, batch_sizes, reverse,
+                             need_ws)
+    return y, hn, cn, (x.new_empty(0) if ws is None else ws)
 
 
 _lstm_op = torch.library.custom_op("pykernels::lstm", mutates_args=())(_lstm_impl)
@@ -328,8 +333,9 @@ def _gru_impl(x: Tensor, h0: Optional[Tensor], w_ih: Tensor, w_hh: Tensor, b_ih:
               b_hh: Optional[Tensor], batch_sizes: Optional[Tensor], reverse: bool,
               need_ws: bool) -> Tuple[Tensor, Tensor, Tensor]:
     """(y [T, B, H], hn [B, H], ws): x [T, B, I] checked by the public function."""
-    y, hn, _, ws = _forward(_GRU, x, h0, None, w_ih, w_hh, b_ih, b_hh, batch_sizes, reverse, need_ws)
-    return y, hn, ws
+    y, hn, _, ws = _forward(resolve(x.device), _GRU, x, h0, None, w_ih, w_hh, b_ih, b_hh, batch_sizes, reverse,
+                            need_ws)
+    return y, hn, (x.new_empty(0) if ws is None else ws)
 
 
 _gru_op = torch.library.custom_op("pykernels::gru", mutates_args=())(_gru_impl)
@@ -408,9 +414,33 @@ def _dtype_name(dtype) -> str:
     return str(dtype).replace("torch.", "")
 
 
-def _check(kind: int, fn: str, x, h0, c0, w_ih, w_hh, b_ih, b_hh, states=("h0", "c0")) -> None:
-    """Types, dtypes, devices and shapes of a sequence op's operands (x already [T, B, I]); the
-    messages name the argument (states: the names of h0 and c0 for the caller)."""
+def _check(kind: int, fn: str, x: Tensor, h0, c0, w_ih, w_hh, b_ih, b_hh, states=("h0", "c0")) -> str:
+    """The backend for x's device, after checking the types, dtypes, devices and shapes of a
+    sequence op's operands (x a tensor, already [T, B, I] for the cells). The common case is one
+    straight-line test (a few us: the cells' call overhead); any failure is explained by
+    _explain, whose messages name the argument (states: the caller's names for h0 and c0)."""
+    dtype, device = x.dtype, x.device
+    backend = resolve(device)
+    try:
+        T, B, I = x.shape
+        GH, H = w_hh.shape
+        bshape, sshape = (GH,), (B, H)
+        if ((dtype in _CPP_DTYPES or (backend == "triton" and dtype in _TRITON_DTYPES))
+                and GH == _GATES[kind] * H and H > 0 and w_ih.shape == (GH, I)
+                and w_ih.dtype == dtype and w_hh.dtype == dtype and w_ih.device == device and w_hh.device == device
+                and (h0 is None or (h0.shape == sshape and h0.dtype == dtype and h0.device == device))
+                and (c0 is None or (c0.shape == sshape and c0.dtype == dtype and c0.device == device))
+                and (b_ih is None or (b_ih.shape == bshape and b_ih.dtype == dtype and b_ih.device == device))
+                and (b_hh is None or (b_hh.shape == bshape and b_hh.dtype == dtype and b_hh.device == device))):
+            return backend
+    except (AttributeError, TypeError, ValueError):  # a non-tensor, a wrong rank: explained below
+        pass
+    _explain(kind, fn, x, h0, c0, w_ih, w_hh, b_ih, b_hh, states)
+    raise AssertionError(f"{fn}: invalid arguments")  # _explain raised already
+
+
+def _explain(kind: int, fn: str, x, h0, c0, w_ih, w_hh, b_ih, b_hh, states) -> None:
+    """Raises the error that names the first bad argument."""
     G = _GATES[kind]
     for name, t in (("w_ih", w_ih), ("w_hh", w_hh)):
         if not isinstance(t, Tensor):
@@ -435,13 +465,17 @@ def _check(kind: int, fn: str, x, h0, c0, w_ih, w_hh, b_ih, b_hh, states=("h0", 
             raise ValueError(f"{fn}: {name} is on {t.device} but x is on {device}")
     T, B, I = x.shape
     gates = "4*H" if kind == _LSTM else "3*H"
-    if w_hh.dim() != 2 or w_hh.shape[0] != G * w_hh.shape[1]:
+    for name, t in (("w_ih", w_ih), ("w_hh", w_hh)):
+        if t.dim() != 2:
+            raise ValueError(f"{fn}: {name} must be 2-D [{gates}, {'I' if name == 'w_ih' else 'H'}], got shape "
+                             f"{tuple(t.shape)}")
+    if w_hh.shape[0] != G * w_hh.shape[1]:
         raise ValueError(f"{fn}: w_hh must be [{gates}, H] (2-D, {G} gates of H rows), got shape "
                          f"{tuple(w_hh.shape)}")
     H = w_hh.shape[1]
     if H == 0:
         raise ValueError(f"{fn}: w_hh has H = 0 (shape {tuple(w_hh.shape)}): the hidden size must be at least 1")
-    if w_ih.dim() != 2 or w_ih.shape[0] != G * H:
+    if w_ih.shape[0] != G * H:
         raise ValueError(f"{fn}: w_ih must have {gates} = {G * H} rows ([{gates}, I], H = {H} from w_hh), got "
                          f"shape {tuple(w_ih.shape)}")
     if w_ih.shape[1] != I:
@@ -495,7 +529,7 @@ def _state(fn: str, kind: int, hx):
 
 
 # ---- running one op ---------------------------------------------------------------------------
-def _run(kind: int, x, h0, c0, w_ih, w_hh, b_ih, b_hh, batch_sizes, reverse: bool):
+def _run(backend: str, kind: int, x, h0, c0, w_ih, w_hh, b_ih, b_hh, batch_sizes, reverse: bool):
     """(y, hn, cn or None) through the eager function, the eager autograd Function or the op."""
     grad = torch.is_grad_enabled() and (x.requires_grad or w_ih.requires_grad or w_hh.requires_grad or any(
         t is not None and t.requires_grad for t in (h0, c0, b_ih, b_hh)))
@@ -505,26 +539,26 @@ def _run(kind: int, x, h0, c0, w_ih, w_hh, b_ih, b_hh, batch_sizes, reverse: boo
         elif grad:
             y, hn, cn, _ = _LSTMEager.apply(x, h0, c0, w_ih, w_hh, b_ih, b_hh, batch_sizes, reverse, True)
         else:
-            y, hn, cn, _ = _forward(_LSTM, x, h0, c0, w_ih, w_hh, b_ih, b_hh, batch_sizes, reverse, False)
+            y, hn, cn, _ = _forward(backend, _LSTM, x, h0, c0, w_ih, w_hh, b_ih, b_hh, batch_sizes, reverse, False)
         return y, hn, cn
     if not _eager(x):
         y, hn, _ = _gru_op(x, h0, w_ih, w_hh, b_ih, b_hh, batch_sizes, reverse, grad)
     elif grad:
         y, hn, _ = _GRUEager.apply(x, h0, w_ih, w_hh, b_ih, b_hh, batch_sizes, reverse, True)
     else:
-        y, hn, _, _ = _forward(_GRU, x, h0, None, w_ih, w_hh, b_ih, b_hh, batch_sizes, reverse, False)
+        y, hn, _, _ = _forward(backend, _GRU, x, h0, None, w_ih, w_hh, b_ih, b_hh, batch_sizes, reverse, False)
     return y, hn, None
 
 
 def _sequence(kind: int, fn: str, x, hx, w_ih, w_hh, b_ih, b_hh, reverse, batch_sizes):
     _check_x(fn, x, 3)
     h0, c0 = _state(fn, kind, hx)
-    _check(kind, fn, x, h0, c0, w_ih, w_hh, b_ih, b_hh)
+    backend = _check(kind, fn, x, h0, c0, w_ih, w_hh, b_ih, b_hh)
     if not isinstance(reverse, bool):
         raise TypeError(f"{fn}: reverse must be a bool, got {type(reverse).__name__}")
     if batch_sizes is not None:
         batch_sizes = _check_batch_sizes(fn, batch_sizes, x.shape[0], x.shape[1])
-    return _run(kind, x, h0, c0, w_ih, w_hh, b_ih, b_hh, batch_sizes, reverse)
+    return _run(backend, kind, x, h0, c0, w_ih, w_hh, b_ih, b_hh, batch_sizes, reverse)
 
 
 def _cell(kind: int, fn: str, x, hx, w_ih, w_hh, b_ih, b_hh):
@@ -539,8 +573,8 @@ def _cell(kind: int, fn: str, x, hx, w_ih, w_hh, b_ih, b_hh):
             c0 = c0.unsqueeze(0)
     else:
         x3 = x.unsqueeze(0)
-    _check(kind, fn, x3, h0, c0, w_ih, w_hh, b_ih, b_hh, _CELL_STATES[kind])
-    _, hn, cn = _run(kind, x3, h0, c0, w_ih, w_hh, b_ih, b_hh, None, False)
+    backend = _check(kind, fn, x3, h0, c0, w_ih, w_hh, b_ih, b_hh, _CELL_STATES[kind])
+    _, hn, cn = _run(backend, kind, x3, h0, c0, w_ih, w_hh, b_ih, b_hh, None, False)
     if x.dim() == 1:
         hn, cn = hn[0], (None if cn is None else cn[0])
     return hn, cn
