@@ -19,8 +19,9 @@ Groups (each row times pykernels and torch interleaved, medians; both sides get 
             and pykernels causal against pykernels without a mask (baseline column "pk no mask"):
             base/pk there is t(no mask) / t(causal), ~2 when the kernel skips the masked tiles
   memory    B1 H16 N4096 D128 fwd+bwd, each library in a fresh process: the peak resident set
-            (resource.getrusage ru_maxrss) after one fwd+bwd of the shape, minus the RSS just
-            before it, with q, k, v, dout already allocated. Before measuring, a tiny fwd+bwd
+            (VmHWM, i.e. getrusage's ru_maxrss without the parent's peak that Linux carries
+            into a child) after one fwd+bwd of the shape, minus the RSS just before it, with
+            q, k, v, dout already allocated. Before measuring, a tiny fwd+bwd
             pages in the code and starts the threads, and the peak is reset to the current RSS
             (/proc/self/clear_refs) so the import's transient peak does not hide a smaller one
             (without that reset the numbers are lower bounds, and the note says so). Reported in
@@ -95,6 +96,16 @@ def _pk_attention(q, k, v, is_causal=False):
 
 # ---- memory: one fwd+bwd in a fresh process ---------------------------------------------------
 def _peak_rss_mib() -> float:
+    """This process's peak RSS in MiB: VmHWM of /proc/self/status (reset by clear_refs), else
+    resource.getrusage's ru_maxrss. (ru_maxrss alone will not do in a child: Linux carries the
+    parent's peak over fork and exec into it, and clear_refs does not reset that part.)"""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024.0  # kB
+    except OSError:
+        pass
     import resource
 
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # KiB on Linux
@@ -248,7 +259,8 @@ def run(quick: bool = False, device: str = "cpu", dtype: torch.dtype = torch.flo
             ratio = tt["extra_mib"] / pk["extra_mib"] if pk["extra_mib"] > 0 else float("inf")
             inputs_mib = 4 * shape.B * shape.H * shape.N * shape.D * 4 / 2**20
             note = (f"peak extra RSS: pykernels {pk['extra_mib']:.0f} MiB, torch "
-                    f"{tt['extra_mib']:.0f} MiB ({ratio:.1f}x less); q,k,v,dout {inputs_mib:.0f} MiB")
+                    f"{tt['extra_mib']:.0f} MiB (torch/pk {ratio:.2f}); q,k,v,dout "
+                    f"{inputs_mib:.0f} MiB")
             if not (pk["peak_reset"] and tt["peak_reset"]):
                 note += " (lower bounds: the peak RSS could not be reset)"
             return [Record(
