@@ -8,7 +8,8 @@
 //      computes h_prev W_hh^T for the G gate slabs of its units on a register tile of
 //      rows x G vectors (W_hh packed once per call so each chunk's G*L columns are contiguous),
 //      and applies the gate nonlinearities and the state update to the accumulators in registers:
-//      the hidden GEMM and the cell are one fused step, with one barrier per time step.
+//      the hidden GEMM and the cell are one fused step, with one barrier per time step. A single
+//      step (T = 1: the LSTMCell/GRUCell ops) skips the packing: a plain GEMM, then the cell.
 // Backward, walking time in the opposite order:
 //   per step one parallel pass over chunks of 4L units: first the recurrent GEMM of the step
 //   processed before (dh_prev = dG W_hh, rows active then), then the elementwise gate gradients of
@@ -166,6 +167,18 @@ void input_projection(const RnnArgs<T>& a, const Plan<T>& p, T* gates) {
   gemm_forward(g);
 }
 
+// gh[b][0 : G*H] = h[b] W_hh^T for the rows b < rows.
+template <typename T>
+void hidden_gemm(const RnnArgs<T>& a, const Plan<T>& p, const T* h, int64_t rows, T* gh) {
+  GemmArgs<T> g{};
+  g.batch = 1; g.M = rows; g.N = p.GH; g.K = p.H;
+  g.a = h; g.sa_b = 0; g.sa_m = p.H; g.sa_k = 1;
+  g.b = a.w_hh; g.sb_b = 0; g.sb_k = a.swh[1]; g.sb_n = a.swh[0];
+  g.c = gh; g.sc_b = 0; g.sc_m = p.GH; g.sc_n = 1;
+  g.bias = nullptr; g.act = Act::None; g.preact = nullptr; g.accumulate = false;
+  gemm_forward(g);
+}
+
 template <typename T>
 void forward_impl(const RnnArgs<T>& a) {
   constexpr int L = lanes<T>();
@@ -180,11 +193,18 @@ void forward_impl(const RnnArgs<T>& a) {
   T* cs = a.ws ? p.cs(a.ws) : nullptr;
   T* hs = a.ws ? p.hs(a.ws) : nullptr;
   T* hbuf = a.ws ? nullptr : own.data() + p.Tn * B * GW;
-  std::vector<T> wp(p.nch * H * p.G * L), state(2 * B * H);  // packed W_hh; c state, final h
+  // A sequence packs W_hh once for the fused steps; a single step (a cell) is cheaper as a plain
+  // GEMM h_prev W_hh^T (no packing pass over the weights) followed by the cell.
+  std::vector<T> wp, gh, state(2 * B * H);  // packed W_hh or the GEMM's output; c state, final h
   T* c_state = state.data();
   T* h_final = state.data() + B * H;
   input_projection(a, p, gates);
-  pack_whh_forward(a, p, wp.data());
+  if (p.Tn > 1) {
+    wp.resize(p.nch * H * p.G * L);
+    pack_whh_forward(a, p, wp.data());
+  } else {
+    gh.resize(B * p.GH);
+  }
 
   auto h_slot = [&](int64_t s) -> T* {  // h before step s (the A operand of step s)
     if (s == p.Tn) return h_final;
@@ -204,43 +224,54 @@ void forward_impl(const RnnArgs<T>& a) {
     T* grow = gates + t * B * GW;
     T* crow = cs ? cs + t * B * H : nullptr;
     T* yt = a.y + t * a.sy[0];
+    if (wp.empty()) hidden_gemm(a, p, hp, bs, gh.data());
     parallel_for(p.nch, [&](int64_t c, int) {
       const int64_t j0 = c * L, nl = std::min<int64_t>(L, H - j0);
-      const T* wc = wp.data() + c * H * p.G * L;
-      if (p.kind == kLstm) {
-        fused_rows<T, 4>(bs, H, hp, H, wc, [&](int64_t b, V<T>* acc) {
-          T* gr = grow + b * GW + j0;
-          const V<T> i = vsigmoid<T>(acc[0] + vload_n(gr, nl));
-          const V<T> f = vsigmoid<T>(acc[1] + vload_n(gr + H, nl));
-          const V<T> g = vtanh<T>(acc[2] + vload_n(gr + 2 * H, nl));
-          const V<T> o = vsigmoid<T>(acc[3] + vload_n(gr + 3 * H, nl));
-          const V<T> cn = f * vload_n(c_state + b * H + j0, nl) + i * g;
-          const V<T> h = o * vtanh<T>(cn);
-          vstore_n(gr, i, nl);
-          vstore_n(gr + H, f, nl);
-          vstore_n(gr + 2 * H, g, nl);
-          vstore_n(gr + 3 * H, o, nl);
-          vstore_n(c_state + b * H + j0, cn, nl);
-          if (crow) vstore_n(crow + b * H + j0, cn, nl);
-          vstore_n(hn + b * H + j0, h, nl);
-          store_s(yt + b * a.sy[1] + j0 * a.sy[2], a.sy[2], h, nl);
-        });
-      } else {
-        const V<T> bhn = a.b_hh ? load_s(a.b_hh + (2 * H + j0) * a.sbh, a.sbh, nl) : V<T>{};
-        fused_rows<T, 3>(bs, H, hp, H, wc, [&](int64_t b, V<T>* acc) {
-          T* gr = grow + b * GW + j0;
-          const V<T> r = vsigmoid<T>(acc[0] + vload_n(gr, nl));
-          const V<T> z = vsigmoid<T>(acc[1] + vload_n(gr + H, nl));
-          const V<T> hl = acc[2] + bhn;
-          const V<T> n = vtanh<T>(vload_n(gr + 2 * H, nl) + r * hl);
-          const V<T> h = (T(1) - z) * n + z * vload_n(hp + b * H + j0, nl);
-          vstore_n(gr, r, nl);
-          vstore_n(gr + H, z, nl);
-          vstore_n(gr + 2 * H, n, nl);
-          vstore_n(gr + 3 * H, hl, nl);
-          vstore_n(hn + b * H + j0, h, nl);
-          store_s(yt + b * a.sy[1] + j0 * a.sy[2], a.sy[2], h, nl);
-        });
+      // the cell on one row's L units, given acc[g] = h_prev W_hh^T for gate g
+      auto lstm_cell = [&](int64_t b, const V<T>* acc) {
+        T* gr = grow + b * GW + j0;
+        const V<T> i = vsigmoid<T>(acc[0] + vload_n(gr, nl));
+        const V<T> f = vsigmoid<T>(acc[1] + vload_n(gr + H, nl));
+        const V<T> g = vtanh<T>(acc[2] + vload_n(gr + 2 * H, nl));
+        const V<T> o = vsigmoid<T>(acc[3] + vload_n(gr + 3 * H, nl));
+        const V<T> cn = f * vload_n(c_state + b * H + j0, nl) + i * g;
+        const V<T> h = o * vtanh<T>(cn);
+        vstore_n(gr, i, nl);
+        vstore_n(gr + H, f, nl);
+        vstore_n(gr + 2 * H, g, nl);
+        vstore_n(gr + 3 * H, o, nl);
+        vstore_n(c_state + b * H + j0, cn, nl);
+        if (crow) vstore_n(crow + b * H + j0, cn, nl);
+        vstore_n(hn + b * H + j0, h, nl);
+        store_s(yt + b * a.sy[1] + j0 * a.sy[2], a.sy[2], h, nl);
+      };
+      const V<T> bhn = p.kind == kGru && a.b_hh ? load_s(a.b_hh + (2 * H + j0) * a.sbh, a.sbh, nl) : V<T>{};
+      auto gru_cell = [&](int64_t b, const V<T>* acc) {
+        T* gr = grow + b * GW + j0;
+        const V<T> r = vsigmoid<T>(acc[0] + vload_n(gr, nl));
+        const V<T> z = vsigmoid<T>(acc[1] + vload_n(gr + H, nl));
+        const V<T> hl = acc[2] + bhn;
+        const V<T> n = vtanh<T>(vload_n(gr + 2 * H, nl) + r * hl);
+        const V<T> h = (T(1) - z) * n + z * vload_n(hp + b * H + j0, nl);
+        vstore_n(gr, r, nl);
+        vstore_n(gr + H, z, nl);
+        vstore_n(gr + 2 * H, n, nl);
+        vstore_n(gr + 3 * H, hl, nl);
+        vstore_n(hn + b * H + j0, h, nl);
+        store_s(yt + b * a.sy[1] + j0 * a.sy[2], a.sy[2], h, nl);
+      };
+      if (!wp.empty()) {  // the hidden GEMM on the register tile, the cell on its accumulators
+        const T* wc = wp.data() + c * H * p.G * L;
+        if (p.kind == kLstm)
+          fused_rows<T, 4>(bs, H, hp, H, wc, lstm_cell);
+        else
+          fused_rows<T, 3>(bs, H, hp, H, wc, gru_cell);
+      } else {  // one step: h_prev W_hh^T came from a GEMM
+        for (int64_t b = 0; b < bs; ++b) {
+          V<T> acc[4];
+          for (int64_t g = 0; g < p.G; ++g) acc[g] = vload_n(gh.data() + b * p.GH + g * H + j0, nl);
+          if (p.kind == kLstm) lstm_cell(b, acc); else gru_cell(b, acc);
+        }
       }
       for (int64_t b = bs; b < B; ++b) {  // inactive rows: state carried, y = 0
         std::memcpy(hn + b * H + j0, hp + b * H + j0, nl * sizeof(T));

@@ -80,7 +80,7 @@ template <typename VT> inline VT vmin(VT a, VT b) { return a > b ? b : a; }  // 
 template <typename T> inline V<T> vrecip(V<T> d) { return T(1) / d; }
 #if defined(PK_ISA_AVX512)
 template <> inline V<float> vrecip<float>(V<float> d) {
-  const V<float> r = (V<float>)_mm512_rcp14_ps((__m512)d);
+  const V<float> r = (V<float>)_mm512_maskz_rcp14_ps(__mmask16(0xFFFF), (__m512)d);
   return r * (2.0f - d * r);
 }
 #endif
