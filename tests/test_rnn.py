@@ -21,7 +21,8 @@ input/state gradients get T*(I + H + G*H) (+ G*H for dx = dA W_ih); the weight a
 gradients sum over all T*B (step, row) pairs on top of that.
 
 What is covered:
-  * shapes: T = 1 and odd T, B = 1, odd H and I, I = 1, I != H, H = 1.
+  * shapes: T = 1, odd T and T = 100, B = 1, odd H and I, I = 1, I != H, H = 1; empty
+    (T = 0, B = 0).
   * initial states None (zeros) and given (non-zero), no bias and b_ih only, reverse,
     batch_sizes (packed: rows drop out; in reverse a row enters at its own last step), all
     three together.
@@ -293,6 +294,7 @@ _SHAPES = [
     (13, 6, 33, 31, False),    # more steps, odd sizes past a vector width
     (9, 3, 20, 67, False),     # H > 64
     (24, 7, 64, 48, False),    # longer sequence
+    (100, 3, 16, 24, False),   # long BPTT: errors carried through 100 steps
 ]
 
 
@@ -444,6 +446,16 @@ def test_rnn_no_grad(backend, dtype, kind, gen):
     for i, (o, w) in enumerate(zip(outs, want)):
         assert not o.requires_grad and o.dtype == dtype and o.device.type == backend.device
         assert_close(o, w, terms=T * (I + H), name=f"no-grad output {i}")
+
+
+@pytest.mark.parametrize("kind", ["lstm", "gru"])
+@pytest.mark.parametrize("which", ["T0", "B0"])
+def test_rnn_empty(backend, dtype, kind, which, gen):
+    # T = 0: y empty, hn = h0, dh0 = dhn, zero weight gradients; B = 0: empty everything
+    if backend.name == "reference":
+        pytest.skip("the oracle through the ops layer: covered by the other backends")
+    T, B = (0, 3) if which == "T0" else (4, 0)
+    check_rnn(kind, backend, dtype, gen, T, B, 4, 5)
 
 
 # ----------------------------------------------------------------------------------------------
