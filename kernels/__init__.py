@@ -7,6 +7,7 @@ host launchers over preallocated torch tensors. Nothing here knows about autogra
 CPU tensors work only in the Triton interpreter: set ``TRITON_INTERPRET=1`` before import.
 """
 
+from .attention import attention_backward, attention_forward
 from .gemm import gemm_backward, gemm_forward
 from .pool2d import (
     adaptive_avg_pool2d_backward,
@@ -20,6 +21,7 @@ from .pool2d import (
 
 __all__ = [
     "gemm_forward", "gemm_backward",
+    "attention_forward", "attention_backward",
     "max_pool2d_forward", "max_pool2d_backward", "avg_pool2d_forward", "avg_pool2d_backward",
     "adaptive_avg_pool2d_forward", "adaptive_avg_pool2d_backward", "adaptive_max_pool2d_forward",
 ]
