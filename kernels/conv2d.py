@@ -140,9 +140,12 @@ def _prune(configs, m, n, k, elem):
     return [triton.Config(dict(small.kwargs), num_stages=2, num_warps=small.num_warps)]
 
 
+# The autotuner passes the positional arguments as named_args and the keyword ones (the
+# constexpr flags) in kwargs: read both.
 def _prune_conv_configs(configs, named_args, **kwargs):
     if _INTERPRET:
         return configs
+    named_args = {**named_args, **kwargs}
     k = named_args["CI"] if named_args["TAPS_OUTER"] else named_args["CI"] * named_args["R"] * named_args["S"]
     return _prune(configs, named_args["M_MAX"], named_args["CO"], k, named_args["src_ptr"].element_size())
 
@@ -150,6 +153,7 @@ def _prune_conv_configs(configs, named_args, **kwargs):
 def _prune_wgrad_configs(configs, named_args, **kwargs):
     if _INTERPRET:
         return configs
+    named_args = {**named_args, **kwargs}
     n = named_args["CI"] if named_args["TAPS_OUTER"] else named_args["CI"] * named_args["R"] * named_args["S"]
     return _prune(configs, named_args["CO"], n, named_args["chunk"], named_args["dy_ptr"].element_size())
 

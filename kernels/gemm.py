@@ -83,6 +83,7 @@ else:
 
 def _prune_fwd_configs(configs, named_args, **kwargs):
     """Drop configs whose pipelined A/W tiles cannot fit in shared memory for this dtype."""
+    named_args = {**named_args, **kwargs}  # keyword (constexpr) arguments arrive in kwargs
     elem = named_args["a_ptr"].element_size()
     fits = [c for c in configs
             if c.num_stages * (c.kwargs["BLOCK_M"] + c.kwargs["BLOCK_N"]) * c.kwargs["BLOCK_K"] * elem

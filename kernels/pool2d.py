@@ -87,6 +87,7 @@ else:
 def _prune_configs(configs, named_args, **kwargs):
     """Keep tiles whose Q side is the contiguous extent (up to 1024) or a quarter of it, and
     whose P side does not run far past P: at most 6 configs are timed per key."""
+    named_args = {**named_args, **kwargs}  # keyword (constexpr) arguments arrive in kwargs
     P, Q = named_args["P"], named_args["Q"]
     qp = min(triton.next_power_of_2(Q), 1024)
     pp = triton.next_power_of_2(P)
