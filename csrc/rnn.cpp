@@ -8,8 +8,8 @@
 //      computes h_prev W_hh^T for the G gate slabs of its units on a register tile of
 //      rows x G vectors (W_hh packed once per call so each chunk's G*L columns are contiguous),
 //      and applies the gate nonlinearities and the state update to the accumulators in registers:
-//      the hidden GEMM and the cell are one fused step, with one barrier per time step. A single
-//      step (T = 1: the LSTMCell/GRUCell ops) skips the packing: a plain GEMM, then the cell.
+//      the hidden GEMM and the cell are one fused step, with one barrier per time step.
+//   A single step (T = 1: the LSTMCell/GRUCell ops) packs nothing: see cell_forward.
 // Backward, walking time in the opposite order:
 //   per step one parallel pass over chunks of 4L units: first the recurrent GEMM of the step
 //   processed before (dh_prev = dG W_hh, rows active then), then the elementwise gate gradients of
@@ -167,22 +167,169 @@ void input_projection(const RnnArgs<T>& a, const Plan<T>& p, T* gates) {
   gemm_forward(g);
 }
 
-// gh[b][0 : G*H] = h[b] W_hh^T for the rows b < rows.
+// ---- one step (the cell ops): weights streamed in place, batch in the vector lanes --------------
+// A single step must not pay a packing pass over the weights (which costs as much as the step's
+// GEMMs). Here the weights are the broadcast operand, read in place row by row, and the batch is
+// the vector dimension: acc[u][slot][v] = sum_k W[g*H + j_u][k] * z[k][v*L : v*L + L] over
+// z = [x ; h0] (packed transposed once, (I + H) x B values). Slots: LSTM i, f, g, o over both
+// parts; GRU r, z over both, n's x part and h part apart (torch keeps b_hn inside r * (...)).
+template <typename T, int GS, int U, int NV>
+inline void cell_tile(const RnnArgs<T>& a, const Plan<T>& p, int64_t j0, int64_t nu, const T* zt,
+                      int64_t zld, V<T> (&acc)[U][GS][NV]) {
+  constexpr int L = lanes<T>();
+  const bool lstm = p.kind == kLstm;
+#pragma GCC unroll 4
+  for (int u = 0; u < U; ++u)
+#pragma GCC unroll 4
+    for (int g = 0; g < GS; ++g)
+#pragma GCC unroll 4
+      for (int v = 0; v < NV; ++v) acc[u][g][v] = V<T>{};
+  // part 0: x with W_ih (slots 0..G-1); part 1: h with W_hh (slots 0, 1, then 2 for LSTM g/o...)
+  for (int part = 0; part < 2; ++part) {
+    const T* w = part ? a.w_hh : a.w_ih;
+    const int64_t wr = part ? a.swh[0] : a.swi[0], wc = part ? a.swh[1] : a.swi[1];
+    const int64_t K = part ? p.H : p.I;
+    const T* z = zt + (part ? p.I : 0) * zld;
+    if (part == 1 && !a.h0) continue;  // h0 = 0 contributes nothing
+    const T* rows[U][GS];
+#pragma GCC unroll 4
+    for (int u = 0; u < U; ++u) {
+      const int64_t j = j0 + (u < nu ? u : nu - 1);
+#pragma GCC unroll 4
+      for (int g = 0; g < GS; ++g) {
+        // GRU slot 2 is n's x part (W_ih row 2H + j), slot 3 its h part (W_hh row 2H + j)
+        const int64_t gate = lstm ? g : (g == 3 ? 2 : g);
+        rows[u][g] = w + (gate * p.H + j) * wr;
+      }
+    }
+    const bool gru_nx = !lstm && part == 1, gru_nh = !lstm && part == 0;  // slots skipped
+    for (int64_t k = 0; k < K; ++k) {
+      V<T> zv[NV];
+#pragma GCC unroll 4
+      for (int v = 0; v < NV; ++v) zv[v] = vload(z + k * zld + v * L);
+#pragma GCC unroll 4
+      for (int u = 0; u < U; ++u)
+#pragma GCC unroll 4
+        for (int g = 0; g < GS; ++g) {
+          if ((g == 2 && gru_nx) || (g == 3 && gru_nh)) continue;
+          const V<T> wv = vbcast(rows[u][g][k * wc]);
+#pragma GCC unroll 4
+          for (int v = 0; v < NV; ++v) acc[u][g][v] += wv * zv[v];
+        }
+    }
+  }
+}
+
 template <typename T>
-void hidden_gemm(const RnnArgs<T>& a, const Plan<T>& p, const T* h, int64_t rows, T* gh) {
-  GemmArgs<T> g{};
-  g.batch = 1; g.M = rows; g.N = p.GH; g.K = p.H;
-  g.a = h; g.sa_b = 0; g.sa_m = p.H; g.sa_k = 1;
-  g.b = a.w_hh; g.sb_b = 0; g.sb_k = a.swh[1]; g.sb_n = a.swh[0];
-  g.c = gh; g.sc_b = 0; g.sc_m = p.GH; g.sc_n = 1;
-  g.bias = nullptr; g.act = Act::None; g.preact = nullptr; g.accumulate = false;
-  gemm_forward(g);
+void cell_forward(const RnnArgs<T>& a, const Plan<T>& p) {
+  constexpr int L = lanes<T>();
+  constexpr int UNITS = 8;  // hidden units per task
+  const int64_t B = p.B, H = p.H, I = p.I, GW = p.GW;
+  const int64_t bp = ceil_div(B, L) * L, nvec = bp / L;
+  const int64_t bs = active_rows(a, 0);
+  const bool lstm = p.kind == kLstm;
+  std::vector<T> zt((I + H) * bp, T(0));  // [x ; h0] transposed, zero past B
+  for (int64_t b = 0; b < B; ++b) {
+    for (int64_t i = 0; i < I; ++i) zt[i * bp + b] = a.x[b * a.sx[1] + i * a.sx[2]];
+    if (a.h0)
+      for (int64_t j = 0; j < H; ++j) zt[(I + j) * bp + b] = a.h0[b * a.sh0[0] + j * a.sh0[1]];
+  }
+  T* gates = a.ws ? p.gates(a.ws) : nullptr;
+  T* cs = a.ws ? p.cs(a.ws) : nullptr;
+  T* hs = a.ws ? p.hs(a.ws) : nullptr;
+  if (hs)
+    for (int64_t b = 0; b < B; ++b)
+      for (int64_t j = 0; j < H; ++j) hs[b * H + j] = zt[(I + j) * bp + b];
+  auto bias = [&](const T* v, int64_t s, int64_t n) { return v ? v[n * s] : T(0); };
+  parallel_for(ceil_div(H, UNITS), [&](int64_t task, int) {
+    const int64_t u_end = std::min<int64_t>(H, (task + 1) * UNITS);
+    auto finish = [&](int64_t j, int64_t b0, int64_t nl, V<T>* gate_acc) {
+      // gate_acc: the slots of unit j for batch lanes b0 .. b0 + nl
+      auto bv = [&](int64_t gate, bool hh) {  // the biases of a gate row, as one vector
+        return vbcast<T>(hh ? bias(a.b_hh, a.sbh, gate * H + j) : bias(a.b_ih, a.sbi, gate * H + j));
+      };
+      const int64_t ws_s = GW;  // lane stride in the workspace's gate rows
+      V<T> h, cn{};
+      const V<T> hprev = a.h0 ? load_s(a.h0 + b0 * a.sh0[0] + j * a.sh0[1], a.sh0[0], nl) : V<T>{};
+      if (lstm) {
+        const V<T> i = vsigmoid<T>(gate_acc[0] + bv(0, false) + bv(0, true));
+        const V<T> f = vsigmoid<T>(gate_acc[1] + bv(1, false) + bv(1, true));
+        const V<T> g = vtanh<T>(gate_acc[2] + bv(2, false) + bv(2, true));
+        const V<T> o = vsigmoid<T>(gate_acc[3] + bv(3, false) + bv(3, true));
+        const V<T> cp = a.c0 ? load_s(a.c0 + b0 * a.sc0[0] + j * a.sc0[1], a.sc0[0], nl) : V<T>{};
+        cn = f * cp + i * g;
+        h = o * vtanh<T>(cn);
+        if (gates) {
+          T* gr = gates + b0 * GW + j;
+          store_s(gr, ws_s, i, nl);
+          store_s(gr + H, ws_s, f, nl);
+          store_s(gr + 2 * H, ws_s, g, nl);
+          store_s(gr + 3 * H, ws_s, o, nl);
+          store_s(cs + b0 * H + j, H, cn, nl);
+        }
+      } else {
+        const V<T> r = vsigmoid<T>(gate_acc[0] + bv(0, false) + bv(0, true));
+        const V<T> z = vsigmoid<T>(gate_acc[1] + bv(1, false) + bv(1, true));
+        const V<T> hl = gate_acc[3] + bv(2, true);
+        const V<T> n = vtanh<T>(gate_acc[2] + bv(2, false) + r * hl);
+        h = (T(1) - z) * n + z * hprev;
+        if (gates) {
+          T* gr = gates + b0 * GW + j;
+          store_s(gr, ws_s, r, nl);
+          store_s(gr + H, ws_s, z, nl);
+          store_s(gr + 2 * H, ws_s, n, nl);
+          store_s(gr + 3 * H, ws_s, hl, nl);
+        }
+      }
+      // rows past batch_sizes[0]: state carried (hn = h0, cn = c0), y = 0
+      for (int64_t l = 0; l < nl; ++l) {
+        const int64_t b = b0 + l;
+        const bool on = b < bs;
+        a.y[b * a.sy[1] + j * a.sy[2]] = on ? h[l] : T(0);
+        if (a.hn) a.hn[b * a.shn[0] + j * a.shn[1]] = on ? h[l] : hprev[l];
+        if (lstm && a.cn)
+          a.cn[b * a.scn[0] + j * a.scn[1]] = on ? cn[l] : (a.c0 ? a.c0[b * a.sc0[0] + j * a.sc0[1]] : T(0));
+      }
+    };
+    constexpr int GS = 4;
+    for (int64_t j0 = task * UNITS; j0 < u_end; j0 += 2) {
+      const int64_t nu = std::min<int64_t>(2, u_end - j0);
+      int64_t v0 = 0;
+      for (; v0 + 4 <= nvec; v0 += 4)
+        for (int64_t u = 0; u < nu; ++u) {  // 4 batch vectors: one unit per tile
+          V<T> acc[1][GS][4];
+          cell_tile<T, GS, 1, 4>(a, p, j0 + u, 1, zt.data() + v0 * L, bp, acc);
+          for (int v = 0; v < 4; ++v) {
+            V<T> ga[GS] = {acc[0][0][v], acc[0][1][v], acc[0][2][v], acc[0][3][v]};
+            finish(j0 + u, (v0 + v) * L, std::min<int64_t>(L, B - (v0 + v) * L), ga);
+          }
+        }
+      for (; v0 < nvec; v0 += 2) {  // 1 or 2 batch vectors: two units per tile
+        const int nv = nvec - v0 >= 2 ? 2 : 1;
+        V<T> acc2[2][GS][2];
+        if (nv == 2) {
+          cell_tile<T, GS, 2, 2>(a, p, j0, nu, zt.data() + v0 * L, bp, acc2);
+        } else {
+          V<T> acc1[2][GS][1];
+          cell_tile<T, GS, 2, 1>(a, p, j0, nu, zt.data() + v0 * L, bp, acc1);
+          for (int u = 0; u < 2; ++u)
+            for (int g = 0; g < GS; ++g) acc2[u][g][0] = acc1[u][g][0];
+        }
+        for (int64_t u = 0; u < nu; ++u)
+          for (int v = 0; v < nv; ++v) {
+            V<T> ga[GS] = {acc2[u][0][v], acc2[u][1][v], acc2[u][2][v], acc2[u][3][v]};
+            finish(j0 + u, (v0 + v) * L, std::min<int64_t>(L, B - (v0 + v) * L), ga);
+          }
+      }
+    }
+  });
 }
 
 template <typename T>
 void forward_impl(const RnnArgs<T>& a) {
   constexpr int L = lanes<T>();
   const Plan<T> p(a);
+  if (p.Tn == 1) return cell_forward(a, p);
   const int64_t B = p.B, H = p.H, GW = p.GW;
   std::vector<T> own;  // without a workspace: the gate rows and a double-buffered h state
   T* gates = a.ws ? p.gates(a.ws) : nullptr;
@@ -193,18 +340,11 @@ void forward_impl(const RnnArgs<T>& a) {
   T* cs = a.ws ? p.cs(a.ws) : nullptr;
   T* hs = a.ws ? p.hs(a.ws) : nullptr;
   T* hbuf = a.ws ? nullptr : own.data() + p.Tn * B * GW;
-  // A sequence packs W_hh once for the fused steps; a single step (a cell) is cheaper as a plain
-  // GEMM h_prev W_hh^T (no packing pass over the weights) followed by the cell.
-  std::vector<T> wp, gh, state(2 * B * H);  // packed W_hh or the GEMM's output; c state, final h
+  std::vector<T> wp(p.nch * H * p.G * L), state(2 * B * H);  // packed W_hh; c state, final h
   T* c_state = state.data();
   T* h_final = state.data() + B * H;
   input_projection(a, p, gates);
-  if (p.Tn > 1) {
-    wp.resize(p.nch * H * p.G * L);
-    pack_whh_forward(a, p, wp.data());
-  } else {
-    gh.resize(B * p.GH);
-  }
+  pack_whh_forward(a, p, wp.data());
 
   auto h_slot = [&](int64_t s) -> T* {  // h before step s (the A operand of step s)
     if (s == p.Tn) return h_final;
@@ -224,7 +364,6 @@ void forward_impl(const RnnArgs<T>& a) {
     T* grow = gates + t * B * GW;
     T* crow = cs ? cs + t * B * H : nullptr;
     T* yt = a.y + t * a.sy[0];
-    if (wp.empty()) hidden_gemm(a, p, hp, bs, gh.data());
     parallel_for(p.nch, [&](int64_t c, int) {
       const int64_t j0 = c * L, nl = std::min<int64_t>(L, H - j0);
       // the cell on one row's L units, given acc[g] = h_prev W_hh^T for gate g
@@ -260,19 +399,12 @@ void forward_impl(const RnnArgs<T>& a) {
         vstore_n(hn + b * H + j0, h, nl);
         store_s(yt + b * a.sy[1] + j0 * a.sy[2], a.sy[2], h, nl);
       };
-      if (!wp.empty()) {  // the hidden GEMM on the register tile, the cell on its accumulators
-        const T* wc = wp.data() + c * H * p.G * L;
-        if (p.kind == kLstm)
-          fused_rows<T, 4>(bs, H, hp, H, wc, lstm_cell);
-        else
-          fused_rows<T, 3>(bs, H, hp, H, wc, gru_cell);
-      } else {  // one step: h_prev W_hh^T came from a GEMM
-        for (int64_t b = 0; b < bs; ++b) {
-          V<T> acc[4];
-          for (int64_t g = 0; g < p.G; ++g) acc[g] = vload_n(gh.data() + b * p.GH + g * H + j0, nl);
-          if (p.kind == kLstm) lstm_cell(b, acc); else gru_cell(b, acc);
-        }
-      }
+      // the hidden GEMM on the register tile, the cell on its accumulators
+      const T* wc = wp.data() + c * H * p.G * L;
+      if (p.kind == kLstm)
+        fused_rows<T, 4>(bs, H, hp, H, wc, lstm_cell);
+      else
+        fused_rows<T, 3>(bs, H, hp, H, wc, gru_cell);
       for (int64_t b = bs; b < B; ++b) {  // inactive rows: state carried, y = 0
         std::memcpy(hn + b * H + j0, hp + b * H + j0, nl * sizeof(T));
         store_s(yt + b * a.sy[1] + j0 * a.sy[2], a.sy[2], V<T>{}, nl);
