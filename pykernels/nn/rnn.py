@@ -22,6 +22,10 @@ LSTM / GRU forward(input, hx=None) -> (output, (hn, cn)) / (output, hn), as torc
 LSTMCell / GRUCell forward(input, hx=None): input [B, I] or [I], as torch's; one
 pykernels.ops.lstm_cell / gru_cell call (the sequence op with T = 1).
 
+torch.compile: dynamo refuses to trace torch.nn.RNNBase subclasses by default, so LSTM / GRU
+run eagerly there (a graph break; fullgraph=True raises) unless torch._dynamo.config.allow_rnn
+is True, in which case they trace into the pykernels::lstm / gru ops. The cells trace as is.
+
 Not supported: proj_size > 0 (LSTM with projections) raises NotImplementedError; dtypes the
 active backend does not support (C++: float32, float64) raise TypeError from the ops.
 torch.nn.RNN (tanh / relu) has no pykernels counterpart.
@@ -134,6 +138,8 @@ def _forward(module, kind: str, input, hx):
         else:
             module.check_input(input, None)
         x = input.transpose(0, 1) if module.batch_first else input    # [T, B, I], a view
+        if x.shape[0] == 0:  # as torch (pykernels.ops.lstm / gru themselves accept T = 0)
+            raise RuntimeError("Expected sequence length to be larger than 0 in RNN")
     h0, c0 = (None, None) if hx is None else (hx if lstm else (hx, None))
     out, hn, cn = _run_layers(module, kind, x, h0, c0, batch_sizes)
     hidden = (hn, cn) if lstm else hn
