@@ -18,10 +18,12 @@ from .pool2d import (
     max_pool2d_backward,
     max_pool2d_forward,
 )
+from .rnn import rnn_backward, rnn_forward, rnn_workspace_elems
 
 __all__ = [
     "gemm_forward", "gemm_backward",
     "attention_forward", "attention_backward",
     "max_pool2d_forward", "max_pool2d_backward", "avg_pool2d_forward", "avg_pool2d_backward",
     "adaptive_avg_pool2d_forward", "adaptive_avg_pool2d_backward", "adaptive_max_pool2d_forward",
+    "rnn_workspace_elems", "rnn_forward", "rnn_backward",
 ]
