@@ -12,10 +12,10 @@
 //   A single step (T = 1: the LSTMCell/GRUCell ops) packs nothing: see cell_forward.
 // Backward, walking time in the opposite order:
 //   per step one parallel pass over chunks of 4L units: first the recurrent GEMM of the step
-//   processed before (dh_prev = dG W_hh, rows active then), then the elementwise gate gradients of
-//   this step from the saved gates (dG, written to a [T, B, G*H] buffer). After the loop, three
-//   GEMMs over all steps: dx = dG W_ih, dW_ih = dG^T x, dW_hh = dGh^T h_prev, and the bias
-//   gradients as column sums.
+//   processed before (dh_prev = dG W_hh, rows active then; W_hh read in place), then the
+//   elementwise gate gradients of this step from the saved gates (dG, written to a [T, B, G*H]
+//   buffer). After the loop, three GEMMs over all steps: dx = dG W_ih, dW_ih = dG^T x,
+//   dW_hh = dGh^T h_prev, and the bias gradients as column sums.
 // Workspace (index t = time): LSTM gates [T][B][4H] (i, f, g, o after the nonlinearity) | c [T][B][H]
 // | h_prev [T][B][H]; GRU gates [T][B][4H] (r, z, n, h W_hn^T + b_hn) | h_prev [T][B][H].
 // PackedSequence (batch_sizes): at time t only rows b < batch_sizes[t] are active; the others'
@@ -25,6 +25,7 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <utility>
 #include <vector>
 
 #include "common.h"
@@ -109,19 +110,32 @@ template <typename T, int G, typename Epi>
 void fused_rows(int64_t m, int64_t kc, const T* a, int64_t a_si, const T* b, Epi&& epi) {
   int64_t i = 0;
   auto at = [&](int64_t i0) { return [&, i0](int r, V<T>* acc) { epi(i0 + r, acc); }; };
+#if defined(PK_ISA_AVX512)
+  // rows in tiles of 6, the last 7-11 rows as two tiles of up to 4 and 6 (a 1- or 2-row tile
+  // is load-bound: its 4 weight vectors per k feed only 4-8 FMAs)
+  int64_t full = m / kTileMR;
+  if (full > 0 && m % kTileMR > 0 && m % kTileMR <= 2) --full;
+  for (; i < full * kTileMR; i += kTileMR) fused_tile<T, kTileMR, G>(kc, a + i * a_si, a_si, kTileMR, b, at(i));
+  while (i < m) {
+    const int64_t r = m - i;
+    if (r > 6) {  // 7 or 8 rows: 4 + the rest
+      fused_tile<T, 4, G>(kc, a + i * a_si, a_si, 4, b, at(i));
+      i += 4;
+    } else if (r > 4) {
+      fused_tile<T, kTileMR, G>(kc, a + i * a_si, a_si, r, b, at(i));
+      i = m;
+    } else if (r > 2) {
+      fused_tile<T, 4, G>(kc, a + i * a_si, a_si, r, b, at(i));
+      i = m;
+    } else {
+      fused_tile<T, 2, G>(kc, a + i * a_si, a_si, r, b, at(i));
+      i = m;
+    }
+  }
+#else
   for (; i + kTileMR <= m; i += kTileMR) fused_tile<T, kTileMR, G>(kc, a + i * a_si, a_si, kTileMR, b, at(i));
   const int64_t r = m - i;
   if (r <= 0) return;
-#if defined(PK_ISA_AVX512)
-  if (r > 4) {  // r = 5
-    fused_tile<T, 4, G>(kc, a + i * a_si, a_si, 4, b, at(i));
-    fused_tile<T, 2, G>(kc, a + (i + 4) * a_si, a_si, r - 4, b, at(i + 4));
-  } else if (r > 2) {
-    fused_tile<T, 4, G>(kc, a + i * a_si, a_si, r, b, at(i));
-  } else {
-    fused_tile<T, 2, G>(kc, a + i * a_si, a_si, r, b, at(i));
-  }
-#else
   fused_tile<T, 2, G>(kc, a + i * a_si, a_si, r, b, at(i));
 #endif
 }
@@ -419,18 +433,21 @@ void forward_impl(const RnnArgs<T>& a) {
 }
 
 // ---- backward ------------------------------------------------------------------------------------
-// W_hh packed for dh_prev = dG W_hh: chunk c of 4L units holds wq[c][gk][u] = W_hh[gk][c*4L + u].
+// The right operand of dh_prev = dG W_hh for chunk c of 4L hidden units: W_hh's rows read in
+// place (columns c*4L .. +4L of each row are contiguous) when its columns have stride 1 and the
+// chunk is whole; otherwise (a ragged last chunk, a transposed W_hh) the chunk copied to
+// buf[gk][u] = W_hh[gk][c*4L + u], 0 past H. Returns (pointer, row stride).
 template <typename T>
-void pack_whh_backward(const RnnArgs<T>& a, const Plan<T>& p, T* wq) {
+std::pair<const T*, int64_t> whh_chunk(const RnnArgs<T>& a, const Plan<T>& p, int64_t c, std::vector<T>& buf) {
   constexpr int CW = 4 * lanes<T>();
-  parallel_for(p.nchb, [&](int64_t c, int) {
-    T* dst = wq + c * p.GH * CW;
-    for (int64_t gk = 0; gk < p.GH; ++gk)
-      for (int u = 0; u < CW; ++u) {
-        const int64_t j = c * CW + u;
-        dst[gk * CW + u] = j < p.H ? a.w_hh[gk * a.swh[0] + j * a.swh[1]] : T(0);
-      }
-  });
+  if (a.swh[1] == 1 && (c + 1) * CW <= p.H) return {a.w_hh + c * CW, a.swh[0]};
+  buf.resize(p.GH * CW);
+  for (int64_t gk = 0; gk < p.GH; ++gk)
+    for (int u = 0; u < CW; ++u) {
+      const int64_t j = c * CW + u;
+      buf[gk * CW + u] = j < p.H ? a.w_hh[gk * a.swh[0] + j * a.swh[1]] : T(0);
+    }
+  return {buf.data(), CW};
 }
 
 template <typename T>
@@ -447,10 +464,12 @@ void backward_impl(const RnnArgs<T>& a) {
   std::vector<T> dgx(Tn * B * GH, T(0)), dgh(lstm ? 0 : Tn * B * GH, T(0));
   T* dGx = dgx.data();
   T* dGh = lstm ? dGx : dgh.data();
-  std::vector<T> wq(p.nchb * GH * CW), carry(2 * B * H, T(0));
+  std::vector<T> carry(2 * B * H, T(0));
+  std::vector<std::vector<T>> wbuf(p.nchb);  // copies of the chunks not read in place
+  std::vector<std::pair<const T*, int64_t>> wq(p.nchb);
+  for (int64_t c = 0; c < p.nchb; ++c) wq[c] = whh_chunk(a, p, c, wbuf[c]);
   T* dh = carry.data();      // gradient reaching each row's h state from later steps
   T* dc = dh + B * H;        // ... and its c state (LSTM)
-  pack_whh_backward(a, p, wq.data());
   for (int64_t b = 0; b < B; ++b)
     for (int64_t j = 0; j < H; ++j) {
       if (a.dhn) dh[b * H + j] = a.dhn[b * a.sdhn[0] + j * a.sdhn[1]];
@@ -472,7 +491,7 @@ void backward_impl(const RnnArgs<T>& a) {
       dst = tmp.data();
       ld = CW;
     }
-    gemm_rows<T>(rows, GH, dGh + t * B * GH, GH, 1, wq.data() + c * GH * CW, CW, nvec, dst, ld,
+    gemm_rows<T>(rows, GH, dGh + t * B * GH, GH, 1, wq[c].first, wq[c].second, nvec, dst, ld,
                  lstm ? kZero : kLoad);
     if (ragged)
       for (int64_t b = 0; b < rows; ++b) std::memcpy(dh + b * H + u0, tmp.data() + b * CW, nu * sizeof(T));
