@@ -22,6 +22,7 @@
 // state is carried unchanged (both directions: rows leave the forward direction at their last
 // step and join the reverse direction at it).
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
@@ -73,6 +74,36 @@ inline void store_s(T* p, int64_t stride, V<T> v, int64_t n) {
   }
   for (int64_t l = 0; l < n; ++l) p[l * stride] = v[l];
 }
+
+// Runs fn(c) once for every chunk c in [0, n) per call, on all threads, each chunk claimed with an
+// atomic stamp. Thread 0 walks the chunks from the front, the others from the back, so that
+// from one time step to the next a thread keeps (mostly) the same chunks and their weight panels
+// stay in its own L2 (plain task claiming hands them out in a different order every step). Any
+// schedule is correct: a thread that runs alone simply claims every chunk.
+class StickyChunks {
+ public:
+  explicit StickyChunks(int64_t n) : stamp_(n) {
+    for (auto& s : stamp_) s.store(-1, std::memory_order_relaxed);
+  }
+  template <typename F>
+  void run(F&& fn) {
+    const int64_t round = round_++, n = static_cast<int64_t>(stamp_.size());
+    parallel_for(std::min<int64_t>(num_threads(), n), [&](int64_t, int tid) {
+      for (int64_t i = 0; i < n; ++i) {
+#ifdef PK_RNN_PLAIN_CLAIM  // (measurement knob: the plain front-to-back order on every thread)
+        const int64_t c = i;
+#else
+        const int64_t c = tid == 0 ? i : n - 1 - i;
+#endif
+        if (stamp_[c].exchange(round, std::memory_order_acq_rel) != round) fn(c);
+      }
+    });
+  }
+
+ private:
+  std::vector<std::atomic<int64_t>> stamp_;
+  int64_t round_ = 0;
+};
 
 // ---- forward -------------------------------------------------------------------------------------
 // acc[i][g] = sum_k a[i][k] * b[k][g*L : g*L + L] for rows i < mr, then epi(i, acc[i]).
@@ -371,6 +402,7 @@ void forward_impl(const RnnArgs<T>& a) {
       c_state[b * H + j] = p.kind == kLstm && a.c0 ? a.c0[b * a.sc0[0] + j * a.sc0[1]] : T(0);
     }
 
+  StickyChunks chunks(p.nch);
   for (int64_t s = 0; s < p.Tn; ++s) {
     const int64_t t = p.time(s, a.reverse), bs = active_rows(a, t);
     const T* hp = h_slot(s);
@@ -378,7 +410,7 @@ void forward_impl(const RnnArgs<T>& a) {
     T* grow = gates + t * B * GW;
     T* crow = cs ? cs + t * B * H : nullptr;
     T* yt = a.y + t * a.sy[0];
-    parallel_for(p.nch, [&](int64_t c, int) {
+    chunks.run([&](int64_t c) {
       const int64_t j0 = c * L, nl = std::min<int64_t>(L, H - j0);
       // the cell on one row's L units, given acc[g] = h_prev W_hh^T for gate g
       auto lstm_cell = [&](int64_t b, const V<T>* acc) {
@@ -413,6 +445,14 @@ void forward_impl(const RnnArgs<T>& a) {
         vstore_n(hn + b * H + j0, h, nl);
         store_s(yt + b * a.sy[1] + j0 * a.sy[2], a.sy[2], h, nl);
       };
+      // The cell reads this step's input projection (written by the big GEMM long ago: in L3 or
+      // memory, not cache): fetch its lines now, under the tile's k loop, instead of stalling on
+      // them row by row in the epilogue.
+      for (int64_t b = 0; b < bs; ++b) {
+        for (int64_t g = 0; g < p.G; ++g) __builtin_prefetch(grow + b * GW + g * H + j0, 1, 3);
+        if (crow) __builtin_prefetch(crow + b * H + j0, 1, 3);
+        __builtin_prefetch(yt + b * a.sy[1] + j0 * a.sy[2], 1, 3);
+      }
       // the hidden GEMM on the register tile, the cell on its accumulators
       const T* wc = wp.data() + c * H * p.G * L;
       if (p.kind == kLstm)
@@ -496,12 +536,19 @@ void backward_impl(const RnnArgs<T>& a) {
     if (ragged)
       for (int64_t b = 0; b < rows; ++b) std::memcpy(dh + b * H + u0, tmp.data() + b * CW, nu * sizeof(T));
   };
+  StickyChunks chunks(p.nchb);
   for (int64_t s = Tn - 1; s >= 0; --s) {  // forward step s, in reverse order
     const int64_t t = p.time(s, a.reverse), bs = active_rows(a, t);
     const bool has_prev = s + 1 < Tn;
     const int64_t tp = has_prev ? p.time(s + 1, a.reverse) : 0;  // processed just before
     const int64_t tc = s > 0 ? p.time(s - 1, a.reverse) : -1;   // the step whose c is c_prev
-    parallel_for(p.nchb, [&](int64_t c, int) {
+    chunks.run([&](int64_t c) {
+      // the saved gates and c of this step come from memory: fetch them under the GEMM
+      for (int64_t b = 0; b < bs; ++b)
+        for (int64_t u = c * CW; u < std::min<int64_t>(H, (c + 1) * CW); u += 16) {
+          for (int64_t g = 0; g < 4; ++g) __builtin_prefetch(gates + (t * B + b) * GW + g * H + u, 0, 3);
+          if (lstm) __builtin_prefetch(cs + (t * B + b) * H + u, 0, 3);
+        }
       if (has_prev) recurrent(c, tp);
       const int64_t u_end = std::min<int64_t>(H, (c + 1) * CW);
       for (int64_t b = 0; b < bs; ++b) {
@@ -549,7 +596,7 @@ void backward_impl(const RnnArgs<T>& a) {
   }
   if (Tn > 0) {  // the first step's dG reaches h0 through W_hh
     const int64_t t0 = p.time(0, a.reverse);
-    parallel_for(p.nchb, [&](int64_t c, int) { recurrent(c, t0); });
+    chunks.run([&](int64_t c) { recurrent(c, t0); });
   }
   for (int64_t b = 0; b < B; ++b)
     for (int64_t j = 0; j < H; ++j) {
