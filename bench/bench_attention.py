@@ -25,7 +25,8 @@ Groups (each row times pykernels and torch interleaved, medians; both sides get 
             pages in the code and starts the threads, and the peak is reset to the current RSS
             (/proc/self/clear_refs) so the import's transient peak does not hide a smaller one
             (without that reset the numbers are lower bounds, and the note says so). Reported in
-            the row's note (and so in the JSON) as "peak extra RSS"; the times of that row are
+            the row's note (and so in the JSON) as "peak extra RSS", and that minus the outputs
+            fwd+bwd must allocate anyway (out, dq, dk, dv, lse); the times of that row are
             one further fwd+bwd in the same process. (tracemalloc does not see torch's
             allocations; RSS does.)
 Before timing, each shape is checked once: pykernels' output (and its three gradients) against
@@ -258,9 +259,13 @@ def run(quick: bool = False, device: str = "cpu", dtype: torch.dtype = torch.flo
             tt = measure_memory("torch", shape, threads)
             ratio = tt["extra_mib"] / pk["extra_mib"] if pk["extra_mib"] > 0 else float("inf")
             inputs_mib = 4 * shape.B * shape.H * shape.N * shape.D * 4 / 2**20
+            # what fwd+bwd must allocate anyway: out, dq, dk, dv (q's size each) and lse
+            needed_mib = (4 * shape.B * shape.H * shape.N * shape.D + shape.B * shape.H * shape.N) * 4 / 2**20
             note = (f"peak extra RSS: pykernels {pk['extra_mib']:.0f} MiB, torch "
-                    f"{tt['extra_mib']:.0f} MiB (torch/pk {ratio:.2f}); q,k,v,dout "
-                    f"{inputs_mib:.0f} MiB")
+                    f"{tt['extra_mib']:.0f} MiB (torch/pk {ratio:.2f}); of which out, dq, dk, dv, lse "
+                    f"{needed_mib:.0f} MiB, so beyond them pykernels "
+                    f"{pk['extra_mib'] - needed_mib:.0f} MiB, torch {tt['extra_mib'] - needed_mib:.0f} MiB; "
+                    f"inputs q,k,v,dout {inputs_mib:.0f} MiB")
             if not (pk["peak_reset"] and tt["peak_reset"]):
                 note += " (lower bounds: the peak RSS could not be reset)"
             return [Record(
