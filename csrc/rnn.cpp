@@ -1,14 +1,14 @@
 // rnn.cpp — one LSTM or GRU layer over a whole sequence, forward and backward through time.
 //
-// Forward:
-//   1. The input projection of every step at once, one GEMM: Gx[t] = x[t] W_ih^T + bias (the
-//      biases that can be merged: b_ih + b_hh for LSTM; for GRU b_hh's n part stays apart, since
-//      torch applies it inside r * (h W_hn^T + b_hn)). It is written into the workspace's gate rows.
-//   2. Per step, one parallel pass over chunks of L hidden units (L = SIMD lanes). A chunk's task
-//      computes h_prev W_hh^T for the G gate slabs of its units on a register tile of
-//      rows x G vectors (W_hh packed once per call so each chunk's G*L columns are contiguous),
-//      and applies the gate nonlinearities and the state update to the accumulators in registers:
-//      the hidden GEMM and the cell are one fused step, with one barrier per time step.
+// Forward: per step, one parallel pass over chunks of L hidden units (L = SIMD lanes). A chunk's
+//   task computes x_t W_ih^T + h_prev W_hh^T for the G gate slabs of its units on a register tile
+//   of rows x G vectors (both weights packed once per call so that each chunk's G*L columns are
+//   contiguous, W_ih's rows then W_hh's), and applies the biases, the gate nonlinearities and the
+//   state update to the accumulators in registers: the gate pre-activations never go to memory,
+//   and there is one barrier per time step. (A first version ran the input projection of all
+//   steps as one big GEMM, as cuDNN and torch do: writing and re-reading those T*B*G*H values cost
+//   ~20% at T100 B32 I256 H256.) Chunks are claimed so that a thread keeps the same weight
+//   panels from step to step (StickyChunks).
 //   A single step (T = 1: the LSTMCell/GRUCell ops) packs nothing: see cell_forward.
 // Backward, walking time in the opposite order:
 //   per step one parallel pass over chunks of 4L units: first the recurrent GEMM of the step
@@ -23,6 +23,7 @@
 // step and join the reverse direction at it).
 #include <algorithm>
 #include <atomic>
+#include <type_traits>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
@@ -106,28 +107,50 @@ class StickyChunks {
 };
 
 // ---- forward -------------------------------------------------------------------------------------
-// acc[i][g] = sum_k a[i][k] * b[k][g*L : g*L + L] for rows i < mr, then epi(i, acc[i]).
+// One row block of a step: x_t (rows a1, stride a1_sk along k, K1 = I) and h_prev (rows a2,
+// contiguous, K2 = H) against the chunk's packed weights (K1 rows of W_ih then K2 rows of W_hh,
+// each G vectors: the gates of the chunk's L units). Slots: LSTM 4 (i, f, g, o, summed over both
+// parts); GRU 4: r, z over both, n's x part in slot 2 and its h part in slot 3 (torch keeps
+// b_hn inside r * (h W_hn^T + b_hn)). Then epi(i, acc[i]) for rows i < mr.
 template <typename T, int MR, int G, typename Epi>
-inline void fused_tile(int64_t kc, const T* __restrict a, int64_t a_si, int64_t mr, const T* __restrict b,
-                       Epi&& epi) {
+inline void fused_tile(const T* __restrict a1, int64_t a1_si, int64_t a1_sk, int64_t k1, const T* __restrict a2,
+                       int64_t a2_si, int64_t k2, int64_t mr, const T* __restrict b, Epi&& epi) {
   constexpr int L = lanes<T>();
-  const T* ar[MR];
-#pragma GCC unroll 8
-  for (int i = 0; i < MR; ++i) ar[i] = a + (i < mr ? i : mr - 1) * a_si;
-  V<T> acc[MR][G];
+  constexpr int NS = 4;               // accumulator slots
+  constexpr int H_N = G == 4 ? 2 : 3;  // the slot of gate 2 in the h part
+  V<T> acc[MR][NS];
 #pragma GCC unroll 8
   for (int i = 0; i < MR; ++i)
 #pragma GCC unroll 4
-    for (int g = 0; g < G; ++g) acc[i][g] = V<T>{};
-  for (int64_t k = 0; k < kc; ++k) {
+    for (int g = 0; g < NS; ++g) acc[i][g] = V<T>{};
+  const T* ar[MR];
+#pragma GCC unroll 8
+  for (int i = 0; i < MR; ++i) ar[i] = a1 + (i < mr ? i : mr - 1) * a1_si;
+  for (int64_t k = 0; k < k1; ++k) {
+    V<T> bv[G];
+#pragma GCC unroll 4
+    for (int g = 0; g < G; ++g) bv[g] = vload(b + k * G * L + g * L);
+#pragma GCC unroll 8
+    for (int i = 0; i < MR; ++i) {
+      const V<T> av = vbcast(ar[i][k * a1_sk]);
+#pragma GCC unroll 4
+      for (int g = 0; g < G; ++g) acc[i][g] += av * bv[g];
+    }
+  }
+  b += k1 * G * L;
+#pragma GCC unroll 8
+  for (int i = 0; i < MR; ++i) ar[i] = a2 + (i < mr ? i : mr - 1) * a2_si;
+  for (int64_t k = 0; k < k2; ++k) {
     V<T> bv[G];
 #pragma GCC unroll 4
     for (int g = 0; g < G; ++g) bv[g] = vload(b + k * G * L + g * L);
 #pragma GCC unroll 8
     for (int i = 0; i < MR; ++i) {
       const V<T> av = vbcast(ar[i][k]);
-#pragma GCC unroll 4
-      for (int g = 0; g < G; ++g) acc[i][g] += av * bv[g];
+      acc[i][0] += av * bv[0];
+      acc[i][1] += av * bv[1];
+      acc[i][H_N] += av * bv[2];
+      if (G == 4) acc[i][3] += av * bv[G == 4 ? 3 : 2];
     }
   }
 #pragma GCC unroll 8
@@ -138,78 +161,62 @@ inline void fused_tile(int64_t kc, const T* __restrict a, int64_t a_si, int64_t 
 }
 
 template <typename T, int G, typename Epi>
-void fused_rows(int64_t m, int64_t kc, const T* a, int64_t a_si, const T* b, Epi&& epi) {
+void fused_rows(int64_t m, const T* a1, int64_t a1_si, int64_t a1_sk, int64_t k1, const T* a2, int64_t a2_si,
+                int64_t k2, const T* b, Epi&& epi) {
+  auto tile = [&](auto mr_tag, int64_t i, int64_t mr) {
+    constexpr int MR = decltype(mr_tag)::value;
+    fused_tile<T, MR, G>(a1 + i * a1_si, a1_si, a1_sk, k1, a2 + i * a2_si, a2_si, k2, mr, b,
+                         [&, i](int r, V<T>* acc) { epi(i + r, acc); });
+  };
+  using M6 = std::integral_constant<int, kTileMR>;
+  using M2 = std::integral_constant<int, 2>;
   int64_t i = 0;
-  auto at = [&](int64_t i0) { return [&, i0](int r, V<T>* acc) { epi(i0 + r, acc); }; };
 #if defined(PK_ISA_AVX512)
+  using M4 = std::integral_constant<int, 4>;
   // rows in tiles of 6, the last 7-11 rows as two tiles of up to 4 and 6 (a 1- or 2-row tile
-  // is load-bound: its 4 weight vectors per k feed only 4-8 FMAs)
+  // is load-bound: its G weight vectors per k feed only G-2G FMAs)
   int64_t full = m / kTileMR;
   if (full > 0 && m % kTileMR > 0 && m % kTileMR <= 2) --full;
-  for (; i < full * kTileMR; i += kTileMR) fused_tile<T, kTileMR, G>(kc, a + i * a_si, a_si, kTileMR, b, at(i));
+  for (; i < full * kTileMR; i += kTileMR) tile(M6{}, i, kTileMR);
   while (i < m) {
     const int64_t r = m - i;
     if (r > 6) {  // 7 or 8 rows: 4 + the rest
-      fused_tile<T, 4, G>(kc, a + i * a_si, a_si, 4, b, at(i));
+      tile(M4{}, i, 4);
       i += 4;
-    } else if (r > 4) {
-      fused_tile<T, kTileMR, G>(kc, a + i * a_si, a_si, r, b, at(i));
-      i = m;
-    } else if (r > 2) {
-      fused_tile<T, 4, G>(kc, a + i * a_si, a_si, r, b, at(i));
-      i = m;
     } else {
-      fused_tile<T, 2, G>(kc, a + i * a_si, a_si, r, b, at(i));
+      if (r > 4) tile(M6{}, i, r); else if (r > 2) tile(M4{}, i, r); else tile(M2{}, i, r);
       i = m;
     }
   }
 #else
-  for (; i + kTileMR <= m; i += kTileMR) fused_tile<T, kTileMR, G>(kc, a + i * a_si, a_si, kTileMR, b, at(i));
-  const int64_t r = m - i;
-  if (r <= 0) return;
-  fused_tile<T, 2, G>(kc, a + i * a_si, a_si, r, b, at(i));
+  for (; i + kTileMR <= m; i += kTileMR) tile(M6{}, i, kTileMR);
+  if (i < m) tile(M2{}, i, m - i);
 #endif
 }
 
-// W_hh packed for the forward: chunk c holds, for every k, the G gate rows of its L units side by
-// side: wp[c][k][g*L + l] = W_hh[g*H + c*L + l][k] (0 past H).
+// The weights packed for the steps: chunk c holds, for every k, the G gate rows of its L units
+// side by side, first W_ih's I columns, then W_hh's H:
+// wp[c][k][g*L + l] = W_ih[g*H + c*L + l][k] (k < I), W_hh[...][k - I] (k >= I); 0 past H.
 template <typename T>
-void pack_whh_forward(const RnnArgs<T>& a, const Plan<T>& p, T* wp) {
+void pack_weights_forward(const RnnArgs<T>& a, const Plan<T>& p, T* wp) {
   constexpr int L = lanes<T>();
+  const int64_t K = p.I + p.H;
   parallel_for(p.nch, [&](int64_t c, int) {
-    T* dst = wp + c * p.H * p.G * L;
-    for (int64_t k = 0; k < p.H; ++k)
-      for (int64_t g = 0; g < p.G; ++g)
-        for (int l = 0; l < L; ++l) {
-          const int64_t j = c * L + l;
-          dst[(k * p.G + g) * L + l] = j < p.H ? a.w_hh[(g * p.H + j) * a.swh[0] + k * a.swh[1]] : T(0);
+    T* dst = wp + c * K * p.G * L;
+    for (int64_t g = 0; g < p.G; ++g)
+      for (int l = 0; l < L; ++l) {
+        const int64_t j = c * L + l;
+        T* d = dst + g * L + l;
+        if (j >= p.H) {
+          for (int64_t k = 0; k < K; ++k) d[k * p.G * L] = T(0);
+          continue;
         }
+        const T* wi = a.w_ih + (g * p.H + j) * a.swi[0];
+        const T* wh = a.w_hh + (g * p.H + j) * a.swh[0];
+        for (int64_t k = 0; k < p.I; ++k) d[k * p.G * L] = wi[k * a.swi[1]];
+        for (int64_t k = 0; k < p.H; ++k) d[(p.I + k) * p.G * L] = wh[k * a.swh[1]];
+      }
   });
-}
-
-// The input projection of all steps into gates[t][b][0 : G*H] (row width GW).
-template <typename T>
-void input_projection(const RnnArgs<T>& a, const Plan<T>& p, T* gates) {
-  std::vector<T> bias(p.GH, T(0));
-  const bool has_bias = a.b_ih || a.b_hh;
-  for (int64_t n = 0; n < p.GH; ++n) {
-    if (a.b_ih) bias[n] += a.b_ih[n * a.sbi];
-    if (a.b_hh && (p.kind == kLstm || n < 2 * p.H)) bias[n] += a.b_hh[n * a.sbh];
-  }
-  const bool merged = a.sx[0] == a.B * a.sx[1];  // (t, b) is one index: one GEMM of T*B rows
-  GemmArgs<T> g{};
-  g.batch = merged ? 1 : p.Tn;
-  g.M = merged ? p.Tn * p.B : p.B;
-  g.N = p.GH;
-  g.K = p.I;
-  g.a = a.x; g.sa_b = a.sx[0]; g.sa_m = a.sx[1]; g.sa_k = a.sx[2];
-  g.b = a.w_ih; g.sb_b = 0; g.sb_k = a.swi[1]; g.sb_n = a.swi[0];
-  g.c = gates; g.sc_b = p.B * p.GW; g.sc_m = p.GW; g.sc_n = 1;
-  g.bias = has_bias ? bias.data() : nullptr; g.s_bias = 1; g.bias_dim = 1;
-  g.act = Act::None;
-  g.preact = nullptr;
-  g.accumulate = false;
-  gemm_forward(g);
 }
 
 // ---- one step (the cell ops): weights streamed in place, batch in the vector lanes --------------
@@ -376,24 +383,18 @@ void forward_impl(const RnnArgs<T>& a) {
   const Plan<T> p(a);
   if (p.Tn == 1) return cell_forward(a, p);
   const int64_t B = p.B, H = p.H, GW = p.GW;
-  std::vector<T> own;  // without a workspace: the gate rows and a double-buffered h state
-  T* gates = a.ws ? p.gates(a.ws) : nullptr;
-  if (!a.ws) {
-    own.resize(p.Tn * B * GW + 2 * B * H);
-    gates = own.data();
-  }
+  T* gates = a.ws ? p.gates(a.ws) : nullptr;  // saved for the backward (nothing without ws)
   T* cs = a.ws ? p.cs(a.ws) : nullptr;
   T* hs = a.ws ? p.hs(a.ws) : nullptr;
-  T* hbuf = a.ws ? nullptr : own.data() + p.Tn * B * GW;
-  std::vector<T> wp(p.nch * H * p.G * L), state(2 * B * H);  // packed W_hh; c state, final h
+  std::vector<T> hbuf(a.ws ? 0 : 2 * B * H);  // without a workspace: a double-buffered h state
+  std::vector<T> wp(p.nch * (p.I + H) * p.G * L), state(2 * B * H);  // packed weights; c state, final h
   T* c_state = state.data();
   T* h_final = state.data() + B * H;
-  input_projection(a, p, gates);
-  pack_whh_forward(a, p, wp.data());
+  pack_weights_forward(a, p, wp.data());
 
   auto h_slot = [&](int64_t s) -> T* {  // h before step s (the A operand of step s)
     if (s == p.Tn) return h_final;
-    return hs ? hs + p.time(s, a.reverse) * B * H : hbuf + (s & 1) * B * H;
+    return hs ? hs + p.time(s, a.reverse) * B * H : hbuf.data() + (s & 1) * B * H;
   };
   T* h_first = h_slot(0);
   for (int64_t b = 0; b < B; ++b)
@@ -401,64 +402,73 @@ void forward_impl(const RnnArgs<T>& a) {
       h_first[b * H + j] = a.h0 ? a.h0[b * a.sh0[0] + j * a.sh0[1]] : T(0);
       c_state[b * H + j] = p.kind == kLstm && a.c0 ? a.c0[b * a.sc0[0] + j * a.sc0[1]] : T(0);
     }
+  auto bias = [&](int64_t n, bool ih, bool hh) {  // b_ih[n] and/or b_hh[n]
+    return (ih && a.b_ih ? a.b_ih[n * a.sbi] : T(0)) + (hh && a.b_hh ? a.b_hh[n * a.sbh] : T(0));
+  };
 
   StickyChunks chunks(p.nch);
   for (int64_t s = 0; s < p.Tn; ++s) {
     const int64_t t = p.time(s, a.reverse), bs = active_rows(a, t);
     const T* hp = h_slot(s);
+    const T* xt = a.x + t * a.sx[0];
     T* hn = h_slot(s + 1);
-    T* grow = gates + t * B * GW;
+    T* grow = gates ? gates + t * B * GW : nullptr;
     T* crow = cs ? cs + t * B * H : nullptr;
     T* yt = a.y + t * a.sy[0];
     chunks.run([&](int64_t c) {
       const int64_t j0 = c * L, nl = std::min<int64_t>(L, H - j0);
-      // the cell on one row's L units, given acc[g] = h_prev W_hh^T for gate g
+      V<T> bv[4];  // the chunk's biases per slot (GRU: b_ir + b_hr, b_iz + b_hz, b_in, b_hn)
+      for (int g = 0; g < 4; ++g)
+        for (int l = 0; l < L; ++l) {
+          const int64_t j = j0 + l;
+          bv[g][l] = j >= H ? T(0)
+                     : p.kind == kLstm ? bias(g * H + j, true, true)
+                     : g < 2 ? bias(g * H + j, true, true)
+                     : bias(2 * H + j, g == 2, g == 3);
+        }
+      // the cell on one row's L units, given acc = the gates' x W_ih^T + h W_hh^T
       auto lstm_cell = [&](int64_t b, const V<T>* acc) {
-        T* gr = grow + b * GW + j0;
-        const V<T> i = vsigmoid<T>(acc[0] + vload_n(gr, nl));
-        const V<T> f = vsigmoid<T>(acc[1] + vload_n(gr + H, nl));
-        const V<T> g = vtanh<T>(acc[2] + vload_n(gr + 2 * H, nl));
-        const V<T> o = vsigmoid<T>(acc[3] + vload_n(gr + 3 * H, nl));
+        const V<T> i = vsigmoid<T>(acc[0] + bv[0]);
+        const V<T> f = vsigmoid<T>(acc[1] + bv[1]);
+        const V<T> g = vtanh<T>(acc[2] + bv[2]);
+        const V<T> o = vsigmoid<T>(acc[3] + bv[3]);
         const V<T> cn = f * vload_n(c_state + b * H + j0, nl) + i * g;
         const V<T> h = o * vtanh<T>(cn);
-        vstore_n(gr, i, nl);
-        vstore_n(gr + H, f, nl);
-        vstore_n(gr + 2 * H, g, nl);
-        vstore_n(gr + 3 * H, o, nl);
+        if (grow) {
+          T* gr = grow + b * GW + j0;
+          vstore_n(gr, i, nl);
+          vstore_n(gr + H, f, nl);
+          vstore_n(gr + 2 * H, g, nl);
+          vstore_n(gr + 3 * H, o, nl);
+          vstore_n(crow + b * H + j0, cn, nl);
+        }
         vstore_n(c_state + b * H + j0, cn, nl);
-        if (crow) vstore_n(crow + b * H + j0, cn, nl);
         vstore_n(hn + b * H + j0, h, nl);
         store_s(yt + b * a.sy[1] + j0 * a.sy[2], a.sy[2], h, nl);
       };
-      const V<T> bhn = p.kind == kGru && a.b_hh ? load_s(a.b_hh + (2 * H + j0) * a.sbh, a.sbh, nl) : V<T>{};
       auto gru_cell = [&](int64_t b, const V<T>* acc) {
-        T* gr = grow + b * GW + j0;
-        const V<T> r = vsigmoid<T>(acc[0] + vload_n(gr, nl));
-        const V<T> z = vsigmoid<T>(acc[1] + vload_n(gr + H, nl));
-        const V<T> hl = acc[2] + bhn;
-        const V<T> n = vtanh<T>(vload_n(gr + 2 * H, nl) + r * hl);
+        const V<T> r = vsigmoid<T>(acc[0] + bv[0]);
+        const V<T> z = vsigmoid<T>(acc[1] + bv[1]);
+        const V<T> hl = acc[3] + bv[3];
+        const V<T> n = vtanh<T>(acc[2] + bv[2] + r * hl);
         const V<T> h = (T(1) - z) * n + z * vload_n(hp + b * H + j0, nl);
-        vstore_n(gr, r, nl);
-        vstore_n(gr + H, z, nl);
-        vstore_n(gr + 2 * H, n, nl);
-        vstore_n(gr + 3 * H, hl, nl);
+        if (grow) {
+          T* gr = grow + b * GW + j0;
+          vstore_n(gr, r, nl);
+          vstore_n(gr + H, z, nl);
+          vstore_n(gr + 2 * H, n, nl);
+          vstore_n(gr + 3 * H, hl, nl);
+        }
         vstore_n(hn + b * H + j0, h, nl);
         store_s(yt + b * a.sy[1] + j0 * a.sy[2], a.sy[2], h, nl);
       };
-      // The cell reads this step's input projection (written by the big GEMM long ago: in L3 or
-      // memory, not cache): fetch its lines now, under the tile's k loop, instead of stalling on
-      // them row by row in the epilogue.
-      for (int64_t b = 0; b < bs; ++b) {
-        for (int64_t g = 0; g < p.G; ++g) __builtin_prefetch(grow + b * GW + g * H + j0, 1, 3);
-        if (crow) __builtin_prefetch(crow + b * H + j0, 1, 3);
-        __builtin_prefetch(yt + b * a.sy[1] + j0 * a.sy[2], 1, 3);
-      }
-      // the hidden GEMM on the register tile, the cell on its accumulators
-      const T* wc = wp.data() + c * H * p.G * L;
+      // both GEMMs of the step on the register tile (x_t W_ih^T, then h W_hh^T), the cell on
+      // its accumulators: the gate pre-activations never leave the registers
+      const T* wc = wp.data() + c * (p.I + H) * p.G * L;
       if (p.kind == kLstm)
-        fused_rows<T, 4>(bs, H, hp, H, wc, lstm_cell);
+        fused_rows<T, 4>(bs, xt, a.sx[1], a.sx[2], p.I, hp, H, H, wc, lstm_cell);
       else
-        fused_rows<T, 3>(bs, H, hp, H, wc, gru_cell);
+        fused_rows<T, 3>(bs, xt, a.sx[1], a.sx[2], p.I, hp, H, H, wc, gru_cell);
       for (int64_t b = bs; b < B; ++b) {  // inactive rows: state carried, y = 0
         std::memcpy(hn + b * H + j0, hp + b * H + j0, nl * sizeof(T));
         store_s(yt + b * a.sy[1] + j0 * a.sy[2], a.sy[2], V<T>{}, nl);
