@@ -90,11 +90,7 @@ class StickyChunks {
     const int64_t round = round_++, n = static_cast<int64_t>(stamp_.size());
     parallel_for(std::min<int64_t>(num_threads(), n), [&](int64_t, int tid) {
       for (int64_t i = 0; i < n; ++i) {
-#ifdef PK_RNN_PLAIN_CLAIM  // (measurement knob: the plain front-to-back order on every thread)
-        const int64_t c = i;
-#else
         const int64_t c = tid == 0 ? i : n - 1 - i;
-#endif
         if (stamp_[c].exchange(round, std::memory_order_acq_rel) != round) fn(c);
       }
     });
