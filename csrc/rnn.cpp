@@ -24,6 +24,7 @@
 #include <algorithm>
 #include <atomic>
 #include <type_traits>
+#include <utility>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
@@ -515,8 +516,19 @@ void backward_impl(const RnnArgs<T>& a) {
   T* dGx = dgx.data();
   T* dGh = lstm ? dGx : dgh.data();
   std::vector<T> carry(2 * B * H, T(0));
-  std::vector<T> wq(p.nchb * GH * CW);
-  pack_whh_backward(a, p, wq.data());
+  // One step (the cells): no packing pass, whole chunks read W_hh in place (a ragged last chunk
+  // or a transposed W_hh still goes through the packed copy).
+  const bool in_place = Tn == 1 && a.swh[1] == 1;
+  std::vector<T> wq(in_place ? 0 : p.nchb * GH * CW);
+  if (!in_place) pack_whh_backward(a, p, wq.data());
+  auto w_chunk = [&](int64_t c, std::vector<T>& ragged) -> std::pair<const T*, int64_t> {
+    if (!in_place) return {wq.data() + c * GH * CW, CW};
+    if ((c + 1) * CW <= H) return {a.w_hh + c * CW, a.swh[0]};
+    ragged.assign(GH * CW, T(0));
+    const int64_t nu = H - c * CW;
+    for (int64_t gk = 0; gk < GH; ++gk) std::memcpy(ragged.data() + gk * CW, a.w_hh + gk * a.swh[0] + c * CW, nu * sizeof(T));
+    return {ragged.data(), CW};
+  };
   T* dh = carry.data();      // gradient reaching each row's h state from later steps
   T* dc = dh + B * H;        // ... and its c state (LSTM)
   for (int64_t b = 0; b < B; ++b)
@@ -543,10 +555,11 @@ void backward_impl(const RnnArgs<T>& a) {
     // k (= the G*H gate rows) in blocks of 256: the chunk's block of W_hh (256 x 4L) stays in L1/L2
     // while every row tile of the batch streams past it
     constexpr int64_t KB = 256;
+    std::vector<T> ragged_w;
+    const auto w = w_chunk(c, ragged_w);
     for (int64_t k0 = 0; k0 < GH; k0 += KB)
-      gemm_rows<T>(rows, std::min<int64_t>(KB, GH - k0), dGh + t * B * GH + k0, GH, 1,
-                   wq.data() + (c * GH + k0) * CW, CW, nvec, dst, ld,
-                   k0 == 0 && lstm ? kZero : kLoad);
+      gemm_rows<T>(rows, std::min<int64_t>(KB, GH - k0), dGh + t * B * GH + k0, GH, 1, w.first + k0 * w.second,
+                   w.second, nvec, dst, ld, k0 == 0 && lstm ? kZero : kLoad);
     if (ragged)
       for (int64_t b = 0; b < rows; ++b) std::memcpy(dh + b * H + u0, tmp.data() + b * CW, nu * sizeof(T));
   };
