@@ -644,8 +644,12 @@ void backward_impl(const RnnArgs<T>& a) {
     g.bias = nullptr; g.act = Act::None; g.preact = nullptr; g.accumulate = false;
     gemm_forward(g);
   };
-  if (a.dx)  // dx[t] = dGx[t] W_ih
-    gemm(B, p.I, GH, dGx, GH, 1, a.w_ih, a.swi[0], a.swi[1], a.dx, a.sdx[1], a.sdx[2], Tn, B * GH, a.sdx[0]);
+  if (a.dx) {  // dx[t] = dGx[t] W_ih: one GEMM of T*B rows when dx's (t, b) is one index
+    if (a.sdx[0] == B * a.sdx[1])
+      gemm(TB, p.I, GH, dGx, GH, 1, a.w_ih, a.swi[0], a.swi[1], a.dx, a.sdx[1], a.sdx[2]);
+    else
+      gemm(B, p.I, GH, dGx, GH, 1, a.w_ih, a.swi[0], a.swi[1], a.dx, a.sdx[1], a.sdx[2], Tn, B * GH, a.sdx[0]);
+  }
   if (a.dw_ih) {  // dW_ih = dGx^T x over all (t, b)
     std::vector<T> xc;
     const T* xm = a.x;
