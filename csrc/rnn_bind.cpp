@@ -28,6 +28,23 @@ using P = uintptr_t;
 
 template <typename T> T* ptr(P p) { return reinterpret_cast<T*>(p); }
 
+// The arguments both passes share: sizes, x, the states, the weights, batch_sizes, ws.
+template <typename T>
+pk::RnnArgs<T> common(int kind, S T_, S B, S I, S H, bool reverse, P x, S x0, S x1, S x2, P h0, S h00, S h01, P c0,
+                      S c00, S c01, P w_ih, S wi0, S wi1, P w_hh, S wh0, S wh1, P b_hh, S sbh, P batch_sizes, P ws) {
+  pk::RnnArgs<T> a{};
+  a.kind = kind; a.steps = T_; a.B = B; a.I = I; a.H = H; a.reverse = reverse;
+  a.x = ptr<const T>(x); a.sx[0] = x0; a.sx[1] = x1; a.sx[2] = x2;
+  a.h0 = ptr<const T>(h0); a.sh0[0] = h00; a.sh0[1] = h01;
+  a.c0 = ptr<const T>(c0); a.sc0[0] = c00; a.sc0[1] = c01;
+  a.w_ih = ptr<const T>(w_ih); a.swi[0] = wi0; a.swi[1] = wi1;
+  a.w_hh = ptr<const T>(w_hh); a.swh[0] = wh0; a.swh[1] = wh1;
+  a.b_hh = ptr<const T>(b_hh); a.sbh = sbh;
+  a.batch_sizes = ptr<const int64_t>(batch_sizes);
+  a.ws = ptr<T>(ws);
+  return a;
+}
+
 }  // namespace
 
 void bind_rnn(py::module_& m) {
@@ -42,20 +59,12 @@ void bind_rnn(py::module_& m) {
            P batch_sizes, P y, S y0, S y1, S y2, P hn, S hn0, S hn1, P cn, S cn0, S cn1, P ws) {
           auto run = [&](auto tag) {
             using Tp = decltype(tag);
-            pk::RnnArgs<Tp> a{};
-            a.kind = kind; a.steps = T; a.B = B; a.I = I; a.H = H; a.reverse = reverse;
-            a.x = ptr<const Tp>(x); a.sx[0] = x0; a.sx[1] = x1; a.sx[2] = x2;
-            a.h0 = ptr<const Tp>(h0); a.sh0[0] = h00; a.sh0[1] = h01;
-            a.c0 = ptr<const Tp>(c0); a.sc0[0] = c00; a.sc0[1] = c01;
-            a.w_ih = ptr<const Tp>(w_ih); a.swi[0] = wi0; a.swi[1] = wi1;
-            a.w_hh = ptr<const Tp>(w_hh); a.swh[0] = wh0; a.swh[1] = wh1;
+            auto a = common<Tp>(kind, T, B, I, H, reverse, x, x0, x1, x2, h0, h00, h01, c0, c00, c01, w_ih, wi0, wi1,
+                                w_hh, wh0, wh1, b_hh, sbh, batch_sizes, ws);
             a.b_ih = ptr<const Tp>(b_ih); a.sbi = sbi;
-            a.b_hh = ptr<const Tp>(b_hh); a.sbh = sbh;
-            a.batch_sizes = ptr<const int64_t>(batch_sizes);
             a.y = ptr<Tp>(y); a.sy[0] = y0; a.sy[1] = y1; a.sy[2] = y2;
             a.hn = ptr<Tp>(hn); a.shn[0] = hn0; a.shn[1] = hn1;
             a.cn = ptr<Tp>(cn); a.scn[0] = cn0; a.scn[1] = cn1;
-            a.ws = ptr<Tp>(ws);
             PK_ISA_CALL(rnn_forward, a);
           };
           if (fp64) run(double{}); else run(float{});
@@ -70,16 +79,8 @@ void bind_rnn(py::module_& m) {
            S dwh1, P db_ih, S sdbi, P db_hh, S sdbh) {
           auto run = [&](auto tag) {
             using Tp = decltype(tag);
-            pk::RnnArgs<Tp> a{};
-            a.kind = kind; a.steps = T; a.B = B; a.I = I; a.H = H; a.reverse = reverse;
-            a.x = ptr<const Tp>(x); a.sx[0] = x0; a.sx[1] = x1; a.sx[2] = x2;
-            a.h0 = ptr<const Tp>(h0); a.sh0[0] = h00; a.sh0[1] = h01;
-            a.c0 = ptr<const Tp>(c0); a.sc0[0] = c00; a.sc0[1] = c01;
-            a.w_ih = ptr<const Tp>(w_ih); a.swi[0] = wi0; a.swi[1] = wi1;
-            a.w_hh = ptr<const Tp>(w_hh); a.swh[0] = wh0; a.swh[1] = wh1;
-            a.b_hh = ptr<const Tp>(b_hh); a.sbh = sbh;
-            a.batch_sizes = ptr<const int64_t>(batch_sizes);
-            a.ws = ptr<Tp>(ws);
+            auto a = common<Tp>(kind, T, B, I, H, reverse, x, x0, x1, x2, h0, h00, h01, c0, c00, c01, w_ih, wi0, wi1,
+                                w_hh, wh0, wh1, b_hh, sbh, batch_sizes, ws);
             a.dy = ptr<const Tp>(dy); a.sdy[0] = dy0; a.sdy[1] = dy1; a.sdy[2] = dy2;
             a.dhn = ptr<const Tp>(dhn); a.sdhn[0] = dhn0; a.sdhn[1] = dhn1;
             a.dcn = ptr<const Tp>(dcn); a.sdcn[0] = dcn0; a.sdcn[1] = dcn1;
