@@ -5,6 +5,10 @@
     assert_close(got, expected, ...)       one tensor/array vs one expected tensor/array
     make_tensor(shape, dtype, gen, ...)    random inputs, never all zeros, optionally non-contiguous
     poison(t)                              fill an output buffer with NaN before a kernel writes it
+    RecordPykernelsCalls(*names)           a dispatch mode recording the pykernels custom-op calls
+    opcheck_recorded(calls, aot_per_op)    torch.library.opcheck on each recorded call
+    PassThrough()                          a dispatch mode that only forwards: under it the registered
+                                           ops run instead of the eager fast paths
 
 Tolerances come from TOLERANCES, one row per dtype. An element passes when
 
@@ -33,6 +37,7 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 __all__ = [
     "Tol",
@@ -43,6 +48,9 @@ __all__ = [
     "make_tensor",
     "poison",
     "to_numpy",
+    "RecordPykernelsCalls",
+    "PassThrough",
+    "opcheck_recorded",
 ]
 
 
@@ -363,3 +371,64 @@ def poison(t):
             return t.fill_(float("nan"))
     t.fill(np.nan)
     return t
+
+
+# ---- the registered custom ops: opcheck on the calls the public ops really make ------------------
+class RecordPykernelsCalls(TorchDispatchMode):
+    """Runs every call and records (func, args, kwargs) of the pykernels custom ops whose name
+    contains one of `names` (every pykernels op when none is given): the arguments the public
+    ops really pass, below the autograd layer, forward and backward."""
+
+    def __init__(self, *names):
+        super().__init__()
+        self.names = names
+        self.calls = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func.namespace == "pykernels" and (not self.names or any(n in func._name for n in self.names)):
+            self.calls.append((func, args, kwargs))
+        return func(*args, **kwargs)
+
+
+class PassThrough(TorchDispatchMode):
+    """Forwards every call: under any dispatch mode (as under torch.compile) the public ops take
+    the registered custom op and its register_autograd formula instead of their eager fast path."""
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        return func(*args, **(kwargs or {}))
+
+
+def _opcheck_copy(a, grad):
+    if isinstance(a, torch.Tensor):
+        c = a.detach().clone(memory_format=torch.preserve_format)
+        return c.requires_grad_(grad and a.requires_grad and a.is_floating_point())
+    if isinstance(a, (list, tuple)):
+        return type(a)(_opcheck_copy(v, grad) for v in a)
+    return a
+
+
+_OPCHECK_CHEAP = ("test_schema", "test_autograd_registration", "test_faketensor")
+
+
+def opcheck_recorded(calls, aot_per_op=None):
+    """torch.library.opcheck on every recorded (func, args, kwargs), on fresh copies of the
+    arguments (a backward op has no autograd formula: its inputs do not require grad). The
+    AOT-compiled check (~0.5 s each) runs on the first `aot_per_op` samples of each op (None:
+    all). Fails once, listing every failing op and sample."""
+    failures = []
+    seen = {}
+    for func, args, kwargs in calls:
+        grad = "backward" not in func._name
+        a, kw = _opcheck_copy(args, grad), _opcheck_copy(kwargs, grad)
+        seen[func._name] = seen.get(func._name, 0) + 1
+        utils = _OPCHECK_CHEAP
+        if aot_per_op is None or seen[func._name] <= aot_per_op:
+            utils += ("test_aot_dispatch_dynamic",)
+        try:
+            torch.library.opcheck(func, a, kw, test_utils=utils)
+        except Exception as e:  # noqa: BLE001 - report every failing op/sample
+            shapes = [tuple(x.shape) if isinstance(x, torch.Tensor) else x for x in args]
+            failures.append(f"{func._name}{shapes}: {type(e).__name__}: "
+                            f"{str(e).splitlines()[0] if str(e) else ''}")
+    assert not failures, "\n".join(failures)

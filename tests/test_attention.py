@@ -48,13 +48,13 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from torch.utils._python_dispatch import TorchDispatchMode
 
 import pykernels
 import pykernels.nn
 import pykernels.ops as ops
 from pykernels.reference import attention as RA
-from helpers import Reference, assert_close, check_op, make_tensor, poison, to_numpy
+from helpers import (PassThrough, RecordPykernelsCalls, Reference, assert_close, check_op, make_tensor,
+                     opcheck_recorded, poison, to_numpy)
 
 INF = float("inf")
 
@@ -1010,32 +1010,6 @@ def test_triton_gradcheck_tiny(backend, gen):
 # arguments the public op really passes (recorded below the autograd layer)
 
 
-class _RecordPykernelsCalls(TorchDispatchMode):
-    def __init__(self):
-        super().__init__()
-        self.calls = []
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        kwargs = kwargs or {}
-        if func.namespace == "pykernels" and "attention" in func._name:
-            self.calls.append((func, args, kwargs))
-        return func(*args, **kwargs)
-
-
-class _PassThrough(TorchDispatchMode):
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        return func(*args, **(kwargs or {}))
-
-
-def _opcheck_copy(a, grad):
-    if isinstance(a, torch.Tensor):
-        c = a.detach().clone()
-        return c.requires_grad_(grad and a.requires_grad and a.is_floating_point())
-    if isinstance(a, (list, tuple)):
-        return type(a)(_opcheck_copy(x, grad) for x in a)
-    return a
-
-
 def _record_attention_calls(gen):
     f64 = torch.float64
 
@@ -1052,7 +1026,7 @@ def _record_attention_calls(gen):
                               scale=0.3),
         lambda: ops.attention(t(2, 5, 4), t(2, 6, 4), t(2, 6, 4), dropout_p=0.25),
     ]
-    rec = _RecordPykernelsCalls()
+    rec = RecordPykernelsCalls("attention")
     with rec:
         for fn in usages:
             y = fn()
@@ -1067,28 +1041,13 @@ def test_opcheck_attention_ops(gen):
     seen = {func._name.split("::")[1].split(".")[0] for func, _, _ in calls}
     for name in ("attention", "attention_backward"):
         assert name in seen, f"pykernels::{name} never called by ops.attention (saw {seen})"
-    failures = []
-    checked = {}
-    for func, args, kwargs in calls:
-        grad = "backward" not in func._name  # the backward op has no autograd formula
-        a, kw = _opcheck_copy(args, grad), _opcheck_copy(kwargs, grad)
-        checked[func._name] = checked.get(func._name, 0) + 1
-        utils = ("test_schema", "test_autograd_registration", "test_faketensor")
-        if checked[func._name] <= 2:  # the AOT-compiled check (slow) on two samples per op
-            utils += ("test_aot_dispatch_dynamic",)
-        try:
-            torch.library.opcheck(func, a, kw, test_utils=utils)
-        except Exception as e:  # noqa: BLE001 - report every failing op/sample
-            shapes = [tuple(x.shape) if isinstance(x, torch.Tensor) else x for x in args]
-            failures.append(f"{func._name}{shapes}: {type(e).__name__}: "
-                            f"{str(e).splitlines()[0] if str(e) else ''}")
-    assert not failures, "\n".join(failures)
+    opcheck_recorded(calls, aot_per_op=2)
 
 
 def test_registered_op_path(backend, dtype, gen):
     # eager calls on plain tensors may skip the custom op's dispatch; under a dispatch mode (as
     # under torch.compile) the registered op and its register_autograd formula run: check those
-    with _PassThrough():
+    with PassThrough():
         check_attention(backend, dtype, gen, 2, 2, 5, 7, 8, 8, mask=("float", "B1NS"),
                         causal=True)
 

@@ -45,13 +45,13 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from torch.utils._python_dispatch import TorchDispatchMode
 
 import pykernels
 import pykernels.nn
 import pykernels.ops as ops
 from pykernels import reference
-from helpers import Reference, assert_close, check_op, make_tensor, poison, to_numpy
+from helpers import (PassThrough, RecordPykernelsCalls, Reference, assert_close, check_op, make_tensor,
+                     opcheck_recorded, poison, to_numpy)
 
 CL = torch.channels_last
 ACTIVATIONS = [None, "relu", "gelu", "tanh", "sigmoid"]
@@ -892,37 +892,11 @@ def test_triton_gradcheck_tiny(backend, gen):
 # pass (recorded below the autograd layer, forward and backward)
 
 
-class _RecordPykernelsCalls(TorchDispatchMode):
-    def __init__(self):
-        super().__init__()
-        self.calls = []
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        kwargs = kwargs or {}
-        if func.namespace == "pykernels":
-            self.calls.append((func, args, kwargs))
-        return func(*args, **kwargs)
-
-
-class _PassThrough(TorchDispatchMode):
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        return func(*args, **(kwargs or {}))
-
-
 def _conv_op_names():
     return sorted(n for n in dir(torch.ops.pykernels)
                   if "conv" in n
                   and isinstance(getattr(torch.ops.pykernels, n, None),
                                  torch._ops.OpOverloadPacket))
-
-
-def _opcheck_copy(a, grad):
-    if isinstance(a, torch.Tensor):
-        c = a.detach().clone(memory_format=torch.preserve_format)
-        return c.requires_grad_(grad and a.requires_grad and a.is_floating_point())
-    if isinstance(a, (list, tuple)):
-        return type(a)(_opcheck_copy(v, grad) for v in a)
-    return a
 
 
 def _record_conv_calls(gen):
@@ -945,7 +919,7 @@ def _record_conv_calls(gen):
         lambda: ops.conv_transpose2d(t((4, 3, 5), "contiguous"), t((4, 2, 2, 3)), None,
                                      dilation=2),
     ]
-    rec = _RecordPykernelsCalls()
+    rec = RecordPykernelsCalls()
     with rec:
         for fn in usages:
             y = fn()
@@ -957,10 +931,6 @@ def _record_conv_calls(gen):
     return rec.calls
 
 
-_OPCHECK_CHEAP = ("test_schema", "test_autograd_registration", "test_faketensor")
-_OPCHECK_ALL = _OPCHECK_CHEAP + ("test_aot_dispatch_dynamic",)
-
-
 def test_opcheck_every_conv_op(gen):
     names = _conv_op_names()
     assert names, f"no conv op registered in torch.ops.pykernels: {dir(torch.ops.pykernels)}"
@@ -968,27 +938,14 @@ def test_opcheck_every_conv_op(gen):
     seen = {func._name.split("::")[1] for func, _, _ in calls}
     missing = [n for n in names if n not in seen]
     assert not missing, f"registered conv ops the public ops never called here: {missing}"
-    failures = []
-    compiled = {}
-    for func, args, kwargs in calls:
-        grad = "backward" not in func._name  # backward ops have no autograd formula
-        a, k = _opcheck_copy(args, grad), _opcheck_copy(kwargs, grad)
-        # the AOT-compiled check (~0.5 s each) on the first two samples of each op only
-        compiled[func._name] = compiled.get(func._name, 0) + 1
-        utils = _OPCHECK_ALL if compiled[func._name] <= 2 else _OPCHECK_CHEAP
-        try:
-            torch.library.opcheck(func, a, k, test_utils=utils)
-        except Exception as e:  # noqa: BLE001 - report every failing op/sample
-            shapes = [tuple(v.shape) if isinstance(v, torch.Tensor) else v for v in args]
-            failures.append(f"{func._name}{shapes}: {type(e).__name__}: {str(e).splitlines()[0]}")
-    assert not failures, "\n".join(failures)
+    opcheck_recorded(calls, aot_per_op=2)
 
 
 @pytest.mark.parametrize("which", ["conv2d", "conv_transpose2d"])
 def test_registered_op_path(backend, dtype, which, gen):
     # eager calls on plain tensors may skip the custom op's dispatch; under a dispatch mode (as
     # under torch.compile) the registered op and its register_autograd formula run: check those
-    with _PassThrough():
+    with PassThrough():
         if which == "conv2d":
             x_shape, w_shape = ((1, 4, 6, 5), (4, 2, 3, 3)) if backend.interpreted else (
                 (2, 4, 9, 8), (6, 2, 3, 3))

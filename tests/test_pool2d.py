@@ -25,13 +25,13 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from torch.utils._python_dispatch import TorchDispatchMode
 
 import pykernels
 import pykernels.nn
 import pykernels.ops as ops
 from pykernels import reference
-from helpers import Reference, assert_close, check_op, make_tensor, to_numpy
+from helpers import (PassThrough, RecordPykernelsCalls, Reference, assert_close, check_op, make_tensor,
+                     opcheck_recorded, to_numpy)
 
 CL = torch.channels_last
 
@@ -702,32 +702,11 @@ def test_gradcheck(backend, dtype, case, layout, gen):
 # really pass (recorded below the autograd layer, forward and backward)
 
 
-class _RecordPykernelsCalls(TorchDispatchMode):
-    def __init__(self):
-        super().__init__()
-        self.calls = []
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        kwargs = kwargs or {}
-        if func.namespace == "pykernels":
-            self.calls.append((func, args, kwargs))
-        return func(*args, **kwargs)
-
-
 def _pool_op_names():
     return sorted(n for n in dir(torch.ops.pykernels)
                   if "pool" in n
                   and isinstance(getattr(torch.ops.pykernels, n, None),
                                  torch._ops.OpOverloadPacket))
-
-
-def _opcheck_copy(a, grad):
-    if isinstance(a, torch.Tensor):
-        c = a.detach().clone(memory_format=torch.preserve_format)
-        return c.requires_grad_(grad and a.requires_grad and a.is_floating_point())
-    if isinstance(a, (list, tuple)):
-        return type(a)(_opcheck_copy(v, grad) for v in a)
-    return a
 
 
 def _record_pool_calls(gen):
@@ -745,7 +724,7 @@ def _record_pool_calls(gen):
         (lambda x: ops.adaptive_max_pool2d(x, 4), (2, 3, 7, 8), "contiguous"),
         (lambda x: ops.max_pool2d(x, 2), (3, 6, 6), "contiguous"),
     ]
-    rec = _RecordPykernelsCalls()
+    rec = RecordPykernelsCalls()
     with rec:
         for fn, shape, layout in usages:
             x = image(shape, torch.float64, gen, layout=layout).requires_grad_(True)
@@ -763,21 +742,7 @@ def test_opcheck_every_pool_op(gen):
     seen = {func._name.split("::")[1] for func, _, _ in calls}
     missing = [n for n in names if n not in seen]
     assert not missing, f"registered pooling ops the public ops never called here: {missing}"
-    failures = []
-    for func, args, kwargs in calls:
-        grad = "backward" not in func._name  # backward ops have no autograd formula
-        a, k = _opcheck_copy(args, grad), _opcheck_copy(kwargs, grad)
-        try:
-            torch.library.opcheck(func, a, k)
-        except Exception as e:  # noqa: BLE001 - report every failing op/sample
-            shapes = [tuple(v.shape) if isinstance(v, torch.Tensor) else v for v in args]
-            failures.append(f"{func._name}{shapes}: {type(e).__name__}: {str(e).splitlines()[0]}")
-    assert not failures, "\n".join(failures)
-
-
-class _PassThrough(TorchDispatchMode):
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        return func(*args, **(kwargs or {}))
+    opcheck_recorded(calls)
 
 
 @pytest.mark.parametrize("case", range(len(_LAYOUT_CASES)))
@@ -789,7 +754,7 @@ def test_registered_op_path(backend, dtype, case, gen):
     shape = (1, 3, 8, 7) if backend.interpreted else (2, 5, 13, 11)
     x = image(shape, dtype, gen, device=backend.device, layout="channels_last" if case % 2 else
               "contiguous")
-    with backend.context(), _PassThrough():
+    with backend.context(), PassThrough():
         check_op(fn(), ref, dict(x=x), kwargs=kw, gen=gen, terms=_terms_of(name, kw, shape))
 
 

@@ -49,13 +49,13 @@ import numpy as np
 import pytest
 import torch
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence
-from torch.utils._python_dispatch import TorchDispatchMode
 
 import pykernels
 import pykernels.nn
 import pykernels.ops as ops
 from pykernels.reference import rnn as RR
-from helpers import Reference, assert_close, check_op, make_tensor, poison, to_numpy
+from helpers import (PassThrough, RecordPykernelsCalls, Reference, assert_close, check_op, make_tensor,
+                     opcheck_recorded, poison, to_numpy)
 
 GATES = {"lstm": 4, "gru": 3}
 
@@ -711,32 +711,6 @@ def test_triton_gradcheck_tiny(backend, kind, gen):
 # (recorded below the autograd layer)
 
 
-class _RecordPykernelsCalls(TorchDispatchMode):
-    def __init__(self):
-        super().__init__()
-        self.calls = []
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        kwargs = kwargs or {}
-        if func.namespace == "pykernels" and ("lstm" in func._name or "gru" in func._name):
-            self.calls.append((func, args, kwargs))
-        return func(*args, **kwargs)
-
-
-class _PassThrough(TorchDispatchMode):
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        return func(*args, **(kwargs or {}))
-
-
-def _opcheck_copy(a, grad):
-    if isinstance(a, torch.Tensor):
-        c = a.detach().clone()
-        return c.requires_grad_(grad and a.requires_grad and a.is_floating_point())
-    if isinstance(a, (list, tuple)):
-        return type(a)(_opcheck_copy(x, grad) for x in a)
-    return a
-
-
 def _record_rnn_calls(gen):
     f64 = torch.float64
 
@@ -749,7 +723,7 @@ def _record_rnn_calls(gen):
                             [make_tensor(o.shape, f64, gen) for o in outs])
 
     bs = torch.tensor([3, 2, 2, 1])
-    rec = _RecordPykernelsCalls()
+    rec = RecordPykernelsCalls("lstm", "gru")
     with rec:
         run("lstm")
         run("lstm", h0=False, bias="none", reverse=True, batch_sizes=bs)
@@ -771,22 +745,7 @@ def test_opcheck_rnn_ops(gen):
     seen = {func._name.split("::")[1].split(".")[0] for func, _, _ in calls}
     for name in ("lstm", "lstm_backward", "gru", "gru_backward"):
         assert name in seen, f"pykernels::{name} never called by the public ops (saw {seen})"
-    failures = []
-    checked = {}
-    for func, args, kwargs in calls:
-        grad = "backward" not in func._name  # the backward ops have no autograd formula
-        a, kw = _opcheck_copy(args, grad), _opcheck_copy(kwargs, grad)
-        checked[func._name] = checked.get(func._name, 0) + 1
-        utils = ("test_schema", "test_autograd_registration", "test_faketensor")
-        if checked[func._name] <= 1:  # the AOT-compiled check (slow) on one sample per op
-            utils += ("test_aot_dispatch_dynamic",)
-        try:
-            torch.library.opcheck(func, a, kw, test_utils=utils)
-        except Exception as e:  # noqa: BLE001 - report every failing op/sample
-            shapes = [tuple(x.shape) if isinstance(x, torch.Tensor) else x for x in args]
-            failures.append(f"{func._name}{shapes}: {type(e).__name__}: "
-                            f"{str(e).splitlines()[0] if str(e) else ''}")
-    assert not failures, "\n".join(failures)
+    opcheck_recorded(calls, aot_per_op=1)
 
 
 @pytest.mark.parametrize("kind", ["lstm", "gru"])
@@ -795,7 +754,7 @@ def test_registered_op_path(backend, dtype, kind, gen):
     # under torch.compile) the registered op and its register_autograd formula run: check those
     if backend.interpreted:
         pytest.skip("the interpreter: covered by the eager path")
-    with _PassThrough():
+    with PassThrough():
         check_rnn(kind, backend, dtype, gen, 5, 3, 4, 6, reverse=True, packed=True)
 
 
