@@ -75,6 +75,7 @@ import triton.language as tl
 
 from ._launch import INTERPRET as _INTERPRET
 from ._launch import check_devices as _check_devices
+from ._launch import split_reduction as _split_reduction
 from .gemm import ACTIVATIONS, _activation, _activation_grad, _input_precision
 
 __all__ = ["conv2d_forward", "conv2d_backward_input", "conv2d_backward_weight", "conv2d_backward_bias"]
@@ -676,28 +677,10 @@ def _needs_int64(*tensors, extra=0):
     return 2 * worst + 4096 > _INT32_MAX
 
 
-_SM_COUNT = {}
-
-
-def _target_programs(device):
-    """Programs wanted in flight: two per SM on a GPU; 4 under the interpreter."""
-    if device.type != "cuda":
-        return 4
-    if device not in _SM_COUNT:
-        _SM_COUNT[device] = torch.cuda.get_device_properties(device).multi_processor_count
-    return 2 * _SM_COUNT[device]
-
-
 def _splits(P, tiles, partial_elems, device, elem_bytes):
-    """(splits, chunk): how many pixel ranges a reduction over P pixels is cut into, so that
-    tiles * splits fills the machine, each range has >= _MIN_SPLIT_PIXELS pixels and the
-    partial buffer stays under _MAX_PARTIAL_BYTES."""
-    want = triton.cdiv(_target_programs(device), max(tiles, 1))
-    splits = max(1, min(want, P // _MIN_SPLIT_PIXELS,
-                        _MAX_PARTIAL_BYTES // max(partial_elems * elem_bytes, 1)))
-    align = 16 if _INTERPRET else 128
-    chunk = triton.cdiv(triton.cdiv(P, splits), align) * align
-    return triton.cdiv(P, chunk), chunk
+    """(splits, chunk) of a reduction over P pixels (_launch.split_reduction)."""
+    return _split_reduction(P, tiles, partial_elems, device, elem_bytes, _MIN_SPLIT_PIXELS,
+                            _MAX_PARTIAL_BYTES)
 
 
 def _launch_conv(src, weight, dst, bias, preact, activation, transposed,

@@ -53,6 +53,7 @@ import triton.language as tl
 
 from ._launch import INTERPRET as _INTERPRET
 from ._launch import check_devices as _check_devices
+from ._launch import target_programs as _target_programs
 
 __all__ = [
     "max_pool2d_forward",
@@ -102,19 +103,10 @@ def _prune_configs(configs, named_args, **kwargs):
 _KEY = ["P", "Q", "CHANNELS_LAST"]
 
 # max_pool2d_backward splits a plane block's outputs over several programs when there are
-# fewer than _min_programs() plane blocks, each split getting at least _MIN_SPLIT outputs.
+# fewer than _launch.target_programs() plane blocks (8 under the interpreter), each split
+# getting at least _MIN_SPLIT outputs.
 # (Small under the interpreter, so that little test images take both paths.)
 _MIN_SPLIT = 16 if _INTERPRET else 512
-_SM_COUNT = {}
-
-
-def _min_programs(device):
-    """Two programs per SM on a GPU; 8 under the interpreter."""
-    if device.type != "cuda":
-        return 8
-    if device not in _SM_COUNT:
-        _SM_COUNT[device] = torch.cuda.get_device_properties(device).multi_processor_count
-    return 2 * _SM_COUNT[device]
 
 
 # ----------------------------------------------------------------------------------------
@@ -729,7 +721,7 @@ def max_pool2d_backward(grad_out, indices, grad_in):
         plane_blocks = N * C
     # Few plane blocks (small N * C): split each one's output positions over several
     # programs, with grad_in zeroed up front instead of by the owner.
-    want = _min_programs(grad_in.device)
+    want = _target_programs(grad_in.device, interpreted=8)
     splits = 1
     if plane_blocks < want:
         splits = max(1, min(triton.cdiv(want, plane_blocks), (OH * OW) // _MIN_SPLIT))

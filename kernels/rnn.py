@@ -85,6 +85,7 @@ import triton.language as tl
 
 from ._launch import INTERPRET as _INTERPRET
 from ._launch import check_devices as _check_devices
+from ._launch import split_reduction as _split_reduction
 from .gemm import _input_precision, _sigmoid, _tanh
 
 __all__ = ["rnn_workspace_elems", "rnn_forward", "rnn_backward"]
@@ -724,28 +725,10 @@ def _fill(dst, src):
         dst.copy_(src)
 
 
-_SM_COUNT = {}
-
-
-def _target_programs(device):
-    """Programs wanted in flight: two per SM on a GPU; 4 under the interpreter."""
-    if device.type != "cuda":
-        return 4
-    if device not in _SM_COUNT:
-        _SM_COUNT[device] = torch.cuda.get_device_properties(device).multi_processor_count
-    return 2 * _SM_COUNT[device]
-
-
 def _splits(R, tiles, partial_elems, device, elem_bytes):
-    """(splits, chunk): how many row ranges a reduction over R (t, b) rows is cut into, so
-    that tiles * splits fills the machine, each range has >= _MIN_SPLIT_ROWS rows and the
-    partial buffer stays under _MAX_PARTIAL_BYTES."""
-    want = triton.cdiv(_target_programs(device), max(tiles, 1))
-    splits = max(1, min(want, R // _MIN_SPLIT_ROWS, _MAX_GRID_Y,
-                        _MAX_PARTIAL_BYTES // max(partial_elems * elem_bytes, 1)))
-    align = 16 if _INTERPRET else 128
-    chunk = triton.cdiv(triton.cdiv(R, splits), align) * align
-    return triton.cdiv(R, chunk), chunk
+    """(splits, chunk) of a reduction over R (t, b) rows (_launch.split_reduction)."""
+    return _split_reduction(R, tiles, partial_elems, device, elem_bytes, _MIN_SPLIT_ROWS,
+                            _MAX_PARTIAL_BYTES, _MAX_GRID_Y)
 
 
 def _meta(x):
