@@ -298,7 +298,7 @@ void cell_forward(const RnnArgs<T>& a, const Plan<T>& p) {
       };
       const int64_t ws_s = GW;  // lane stride in the workspace's gate rows
       V<T> h, cn{};
-      const V<T> hprev = a.h0 ? load_s(a.h0 + b0 * a.sh0[0] + j * a.sh0[1], a.sh0[0], nl) : V<T>{};
+      auto h0_at = [&](int64_t b) { return a.h0 ? a.h0[b * a.sh0[0] + j * a.sh0[1]] : T(0); };
       if (lstm) {
         const V<T> i = vsigmoid<T>(gate_acc[0] + bv(0, false) + bv(0, true));
         const V<T> f = vsigmoid<T>(gate_acc[1] + bv(1, false) + bv(1, true));
@@ -320,6 +320,8 @@ void cell_forward(const RnnArgs<T>& a, const Plan<T>& p) {
         const V<T> z = vsigmoid<T>(gate_acc[1] + bv(1, false) + bv(1, true));
         const V<T> hl = gate_acc[3] + bv(2, true);
         const V<T> n = vtanh<T>(gate_acc[2] + bv(2, false) + r * hl);
+        V<T> hprev{};
+        for (int64_t l = 0; l < nl; ++l) hprev[l] = h0_at(b0 + l);
         h = (T(1) - z) * n + z * hprev;
         if (gates) {
           T* gr = gates + b0 * GW + j;
@@ -334,7 +336,7 @@ void cell_forward(const RnnArgs<T>& a, const Plan<T>& p) {
         const int64_t b = b0 + l;
         const bool on = b < bs;
         a.y[b * a.sy[1] + j * a.sy[2]] = on ? h[l] : T(0);
-        if (a.hn) a.hn[b * a.shn[0] + j * a.shn[1]] = on ? h[l] : hprev[l];
+        if (a.hn) a.hn[b * a.shn[0] + j * a.shn[1]] = on ? h[l] : h0_at(b);
         if (lstm && a.cn)
           a.cn[b * a.scn[0] + j * a.scn[1]] = on ? cn[l] : (a.c0 ? a.c0[b * a.sc0[0] + j * a.sc0[1]] : T(0));
       }
@@ -398,9 +400,20 @@ void forward_impl(const RnnArgs<T>& a) {
       h_first[b * H + j] = a.h0 ? a.h0[b * a.sh0[0] + j * a.sh0[1]] : T(0);
       c_state[b * H + j] = p.kind == kLstm && a.c0 ? a.c0[b * a.sc0[0] + j * a.sc0[1]] : T(0);
     }
+  // the biases per chunk and accumulator slot (GRU: b_ir + b_hr, b_iz + b_hz, b_in, b_hn), once
+  std::vector<T> biases(p.nch * 4 * L, T(0));
   auto bias = [&](int64_t n, bool ih, bool hh) {  // b_ih[n] and/or b_hh[n]
     return (ih && a.b_ih ? a.b_ih[n * a.sbi] : T(0)) + (hh && a.b_hh ? a.b_hh[n * a.sbh] : T(0));
   };
+  for (int64_t c = 0; c < p.nch; ++c)
+    for (int g = 0; g < 4; ++g)
+      for (int l = 0; l < L; ++l) {
+        const int64_t j = c * L + l;
+        if (j < H)
+          biases[(c * 4 + g) * L + l] = p.kind == kLstm ? bias(g * H + j, true, true)
+                                        : g < 2 ? bias(g * H + j, true, true)
+                                        : bias(2 * H + j, g == 2, g == 3);
+      }
 
   StickyChunks chunks(p.nch);
   for (int64_t s = 0; s < p.Tn; ++s) {
@@ -413,15 +426,8 @@ void forward_impl(const RnnArgs<T>& a) {
     T* yt = a.y + t * a.sy[0];
     chunks.run([&](int64_t c) {
       const int64_t j0 = c * L, nl = std::min<int64_t>(L, H - j0);
-      V<T> bv[4];  // the chunk's biases per slot (GRU: b_ir + b_hr, b_iz + b_hz, b_in, b_hn)
-      for (int g = 0; g < 4; ++g)
-        for (int l = 0; l < L; ++l) {
-          const int64_t j = j0 + l;
-          bv[g][l] = j >= H ? T(0)
-                     : p.kind == kLstm ? bias(g * H + j, true, true)
-                     : g < 2 ? bias(g * H + j, true, true)
-                     : bias(2 * H + j, g == 2, g == 3);
-        }
+      V<T> bv[4];
+      for (int g = 0; g < 4; ++g) bv[g] = vload(biases.data() + (c * 4 + g) * L);
       // the cell on one row's L units, given acc = the gates' x W_ih^T + h W_hh^T
       auto lstm_cell = [&](int64_t b, const V<T>* acc) {
         const V<T> i = vsigmoid<T>(acc[0] + bv[0]);
