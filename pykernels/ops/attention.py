@@ -55,7 +55,7 @@ from torch import Tensor
 
 from .. import _C
 from .._backend import resolve, triton_kernels
-from .gemm import _eager
+from .gemm import _dtype_name, _eager, _np64
 
 __all__ = ["attention"]
 
@@ -120,10 +120,6 @@ def _run_backward(backend: str, dout: Tensor, q: Tensor, k: Tensor, v: Tensor, o
 
 
 # ---- the float64 NumPy oracle as a backend ---------------------------------------------------
-def _np64(t: Tensor):
-    return t.detach().cpu().double().numpy()
-
-
 def _keep(q: Tensor, S: int, dropout_p: float, seed: int):
     from ..reference import attention as ref
     B, H, N, _ = q.shape
@@ -261,10 +257,6 @@ class _AttentionEager(torch.autograd.Function):
 
 
 # ---- argument checks --------------------------------------------------------------------------
-def _dtype_name(dtype) -> str:
-    return str(dtype).replace("torch.", "")
-
-
 def _check_operands(q, k, v, attn_mask) -> None:
     for name, t in (("q", q), ("k", k), ("v", v)):
         if not isinstance(t, Tensor):

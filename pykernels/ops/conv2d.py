@@ -66,7 +66,8 @@ from .._backend import resolve, triton_kernels
 from . import _strided as S
 # the layout/argument helpers the pooling ops already define (torch's suggest_memory_format,
 # outputs allocated in a memory format, the eager-path test, int-or-pair arguments)
-from .pool2d import _eager, _empty, _format, _pair
+from .gemm import _dtype_name, _eager, _np64, _ptr
+from .pool2d import _empty, _format, _pair
 
 __all__ = ["conv2d", "conv_transpose2d"]
 
@@ -134,10 +135,6 @@ def _kernels():
     return triton_kernels("conv2d")
 
 
-def _ptr(t: Optional[Tensor]) -> int:
-    return 0 if t is None else t.data_ptr()
-
-
 def _strides(t: Optional[Tensor]) -> Tuple[int, ...]:
     return _NO_STRIDES if t is None else tuple(t.stride())
 
@@ -189,10 +186,6 @@ def _run_backward_bias(backend: str, dy: Tensor, saved: Tensor, act: int, dz: Op
 
 
 # ---- the float64 NumPy oracle as a backend ---------------------------------------------------
-def _np64(t: Optional[Tensor]):
-    return None if t is None else t.detach().cpu().double().numpy()
-
-
 def _from_np(arr, like: Tensor, fmt) -> Tensor:
     """arr copied into a fresh tensor of like's dtype/device in memory format fmt (the strides the
     fake functions promise, also where a size-1 dim makes two formats equivalent)."""
@@ -471,10 +464,6 @@ class _ConvTranspose2dEager(torch.autograd.Function):
 
 
 # ---- argument checks --------------------------------------------------------------------------
-def _dtype_name(dtype) -> str:
-    return str(dtype).replace("torch.", "")
-
-
 def _operands(x, weight, bias, transposed: bool) -> Tuple[Tensor, bool]:
     """x as [N, C, H, W] and whether it was [C, H, W]; checks the types, dtypes (for the active
     backend), devices and ranks of x, weight and bias."""

@@ -195,8 +195,18 @@ def _check_same(pairs, ref_name: str, ref: Tensor) -> None:
             raise ValueError(f"{name} is on {t.device} but {ref_name} is on {ref.device}")
 
 
-def _np64(t: Tensor):
-    return t.detach().cpu().double().numpy()
+def _np64(t: Optional[Tensor]):
+    """t as a float64 NumPy array (None stays None): what the reference backend computes on."""
+    return None if t is None else t.detach().cpu().double().numpy()
+
+
+def _dtype_name(dtype) -> str:
+    return str(dtype).replace("torch.", "")
+
+
+def _ptr(t: Optional[Tensor]) -> int:
+    """The data pointer the C++ bindings take (0 = absent)."""
+    return 0 if t is None else t.data_ptr()
 
 
 def _from_np(arr, like: Tensor) -> Tensor:

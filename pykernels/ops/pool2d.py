@@ -43,6 +43,7 @@ from torch import Tensor
 
 from .. import _C
 from .._backend import resolve, triton_kernels
+from .gemm import _eager, _np64
 
 __all__ = ["max_pool2d", "avg_pool2d", "adaptive_avg_pool2d", "adaptive_max_pool2d"]
 
@@ -51,8 +52,6 @@ _TRITON_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
 _CL = torch.channels_last
 _NCHW = torch.contiguous_format
 _NO_STRIDES = (0, 0, 0, 0)
-_dispatch_depth = torch._C._len_torch_dispatch_stack
-_compiling = torch.compiler.is_compiling
 
 
 # ---- arguments --------------------------------------------------------------------------------
@@ -150,15 +149,6 @@ def _empty(shape, like: Tensor, fmt, dtype=None) -> Tensor:
         return like.new_empty(shape, dtype=like.dtype if dtype is None else dtype)
     return torch.empty(shape, dtype=like.dtype if dtype is None else dtype, device=like.device,
                        memory_format=fmt)
-
-
-def _eager(x: Tensor) -> bool:
-    """Plain tensor, eager mode, no dispatch mode active: call the implementation directly."""
-    return type(x) is Tensor and not _compiling() and _dispatch_depth() == 0
-
-
-def _np64(t: Tensor):
-    return t.detach().cpu().double().numpy()
 
 
 def _from_np(arr, like: Tensor, fmt, dtype=None) -> Tensor:

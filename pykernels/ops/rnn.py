@@ -58,7 +58,7 @@ from torch import Tensor
 
 from .. import _C
 from .._backend import resolve, triton_kernels
-from .gemm import _eager
+from .gemm import _dtype_name, _eager, _np64, _ptr
 
 __all__ = ["lstm", "gru", "lstm_cell", "gru_cell"]
 
@@ -81,10 +81,6 @@ def _ws_numel(backend: str, kind: int, T, B, H):
 
 
 # ---- the kernels, per backend ----------------------------------------------------------------
-def _ptr(t: Optional[Tensor]) -> int:
-    return 0 if t is None else t.data_ptr()
-
-
 def _st1(t: Optional[Tensor]) -> int:
     return 0 if t is None else t.stride(0)
 
@@ -135,10 +131,6 @@ def _run_backward(backend: str, kind: int, x, h0, c0, w_ih, w_hh, b_hh, batch_si
 
 
 # ---- the float64 NumPy oracle as a backend ---------------------------------------------------
-def _np64(t: Optional[Tensor]):
-    return None if t is None else t.detach().cpu().double().numpy()
-
-
 def _bs_np(batch_sizes: Optional[Tensor]):
     return None if batch_sizes is None else batch_sizes.numpy()
 
@@ -411,10 +403,6 @@ class _GRUEager(torch.autograd.Function):
 
 
 # ---- argument checks --------------------------------------------------------------------------
-def _dtype_name(dtype) -> str:
-    return str(dtype).replace("torch.", "")
-
-
 def _check(kind: int, fn: str, x: Tensor, h0, c0, w_ih, w_hh, b_ih, b_hh, states=("h0", "c0")) -> str:
     """The backend for x's device, after checking the types, dtypes, devices and shapes of a
     sequence op's operands (x a tensor, already [T, B, I] for the cells). The common case is one
