@@ -166,8 +166,11 @@ def _eager(t: Tensor) -> bool:
     skip the custom op's Python dispatch, ~13 us a call here, which dominates small GEMMs. Under
     torch.compile / export, for tensor subclasses (FakeTensor, ...), under a dispatch mode and in
     opcheck, the registered custom op runs: same kernels, same formulas."""
-    return (type(t) is Tensor and not torch.compiler.is_compiling()
-            and torch._C._len_torch_dispatch_stack() == 0)
+    return type(t) is Tensor and not _compiling() and _dispatch_depth() == 0
+
+
+_compiling = torch.compiler.is_compiling               # bound once: _eager runs on every call
+_dispatch_depth = torch._C._len_torch_dispatch_stack
 
 
 # ---- argument checks ----------------------------------------------------------------------
