@@ -7,6 +7,8 @@
     poison(t)                              fill an output buffer with NaN before a kernel writes it
     RecordPykernelsCalls(*names)           a dispatch mode recording the pykernels custom-op calls
     opcheck_recorded(calls, aot_per_op)    torch.library.opcheck on each recorded call
+    assert_twin_parity(model, twin, inputs) a model on pykernels layers vs its torch.nn twin with the
+                                           same weights: outputs, every gradient and every buffer
     PassThrough()                          a dispatch mode that only forwards: under it the registered
                                            ops run instead of the eager fast paths
 
@@ -51,6 +53,8 @@ __all__ = [
     "RecordPykernelsCalls",
     "PassThrough",
     "opcheck_recorded",
+    "TWIN_TOLERANCES",
+    "assert_twin_parity",
 ]
 
 
@@ -432,3 +436,87 @@ def opcheck_recorded(calls, aot_per_op=None):
             failures.append(f"{func._name}{shapes}: {type(e).__name__}: "
                             f"{str(e).splitlines()[0] if str(e) else ''}")
     assert not failures, "\n".join(failures)
+
+
+# ---- whole models: pykernels layers vs torch.nn layers with the same weights ---------------------
+# Relative to each element's size (never less than the tensor's RMS). A model is a chain of many
+# ops whose rounding errors compound (and batch norm divides by small variances), so the bound is
+# per model, not per sum like TOLERANCES: float64 shows a wrong structure at ~1e-1 and a right one
+# at ~1e-13; float32 at ~1e-5.
+TWIN_TOLERANCES = {torch.float64: 1e-9, torch.float32: 2e-3}
+
+
+def _tensors(x):
+    if isinstance(x, torch.Tensor):
+        return [x]
+    if isinstance(x, (list, tuple)):
+        return [t for v in x for t in _tensors(v)]
+    if hasattr(x, "data") and isinstance(getattr(x, "data"), torch.Tensor):  # PackedSequence
+        return [x.data]
+    return []
+
+
+def _twin_run(model, inputs, train, seed, cotangent_gen_seed):
+    model.train(train)
+    model.zero_grad(set_to_none=True)
+    ins = [t.detach().clone().requires_grad_(t.requires_grad) if isinstance(t, torch.Tensor) else t
+           for t in inputs]
+    torch.manual_seed(seed)  # torch.nn.Dropout and friends draw the same masks in both runs
+    out = model(*ins)
+    outs = [o for o in _tensors(out) if o.is_floating_point()]
+    gen = torch.Generator().manual_seed(cotangent_gen_seed)
+    douts = [torch.randn(o.shape, generator=gen, dtype=torch.float64).to(o) for o in outs]
+    diff = [(o, d) for o, d in zip(outs, douts) if o.requires_grad]
+    if diff:
+        torch.autograd.backward([o for o, _ in diff], [d for _, d in diff])
+    grads = {f"grad of input {i}": t.grad for i, t in enumerate(ins)
+             if isinstance(t, torch.Tensor) and t.requires_grad}
+    grads.update({f"grad of {n}": p.grad for n, p in model.named_parameters() if p.requires_grad})
+    bufs = {f"buffer {n}": b for n, b in model.named_buffers()}
+    return [o.detach() for o in outs], grads, bufs
+
+
+def assert_twin_parity(model, twin, inputs, *, train=True, seed=0, tol=None, reason=None):
+    """Loads `model`'s state_dict into `twin` (strict: same keys and shapes), runs both in train or
+    eval mode on copies of `inputs` (tensors that require grad get their gradient compared),
+    back-propagates the same random cotangent of every floating output, and compares outputs,
+    the gradient of every parameter (by name) and every buffer (batch-norm running statistics)
+    afterwards. Both forwards start from torch.manual_seed(seed), so torch.nn.Dropout draws the
+    same masks; pykernels' fused attention dropout draws differently, so models compared in train
+    mode use dropout 0 there. `tol` (relative, with `reason`) overrides TWIN_TOLERANCES."""
+    twin.load_state_dict(model.state_dict())
+    dtype = next(model.parameters()).dtype
+    bound = TWIN_TOLERANCES[dtype] if tol is None else tol
+    if tol is not None and not (reason and str(reason).strip()):
+        raise TypeError("a tolerance override needs reason='why this model needs a looser bound'")
+    got_out, got_grads, got_bufs = _twin_run(model, inputs, train, seed, seed + 1)
+    ref_out, ref_grads, ref_bufs = _twin_run(twin, inputs, train, seed, seed + 1)
+    assert len(got_out) == len(ref_out), f"{len(got_out)} outputs vs the twin's {len(ref_out)}"
+    assert got_grads.keys() == ref_grads.keys(), "different parameters require grad"
+    pairs = [(f"output {i}", g, r) for i, (g, r) in enumerate(zip(got_out, ref_out))]
+    pairs += [(k, got_grads[k], ref_grads[k]) for k in ref_grads]
+    pairs += [(k, got_bufs[k], ref_bufs[k]) for k in ref_bufs]
+    failures = []
+    for name, g, r in pairs:
+        if r is None or g is None:
+            if (r is None) != (g is None):
+                failures.append(f"{name}: None on one side only")
+            continue
+        if g.shape != r.shape or g.dtype != r.dtype:
+            failures.append(f"{name}: {tuple(g.shape)} {g.dtype} vs the twin's {tuple(r.shape)} {r.dtype}")
+            continue
+        if not r.is_floating_point():
+            if not torch.equal(g, r):
+                failures.append(f"{name}: differs")
+            continue
+        g64, r64 = g.double(), r.double()
+        if not torch.isfinite(g64).all():
+            failures.append(f"{name}: non-finite values")
+            continue
+        rms = r64.pow(2).mean().sqrt().item() if r64.numel() else 0.0
+        scale = torch.maximum(r64.abs(), torch.tensor(rms, dtype=torch.float64))
+        err = ((g64 - r64).abs() / scale.clamp_min(1e-300)).max().item() if r64.numel() else 0.0
+        if err > bound:
+            failures.append(f"{name}: max relative error {err:.3g} > {bound:.3g} (twin rms {rms:.3g})")
+    assert not failures, f"{type(model).__name__} vs its torch.nn twin ({dtype}, train={train}):\n" + \
+        "\n".join(failures)

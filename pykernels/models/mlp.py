@@ -4,19 +4,18 @@
       -> fc1: Linear(in_features, hidden)  -> ReLU    [B, hidden]
       -> fc2: Linear(hidden, num_classes)             [B, num_classes]  (logits)
 
-`layer_cls` swaps the Linear implementation; `MLP.with_torch_layers(...)` builds the same network
-from torch.nn.Linear (same parameter names and shapes, so state_dicts load both ways) for
-side-by-side comparisons such as `python -m pykernels demo`.
+`MLP.with_torch_layers(...)` builds the same network from torch.nn.Linear (same parameter names and
+shapes, so state_dicts load both ways): the twin of the parity tests and benchmarks.
 """
 
 import torch
 
-from .. import nn as pk_nn
+from ._base import TorchTwin, resolve_layers
 
 __all__ = ["MLP"]
 
 
-class MLP(torch.nn.Module):
+class MLP(TorchTwin, torch.nn.Module):
     """Two-layer perceptron: fc1 -> ReLU -> fc2.
 
     Args:
@@ -24,21 +23,16 @@ class MLP(torch.nn.Module):
             two dims are flattened from dim 1.
         hidden: width of the hidden layer.
         num_classes: number of output logits.
-        layer_cls: the Linear class to build from (default pykernels.nn.Linear).
+        layers: the layer namespace (default pykernels.nn; torch.nn for the twin).
         device, dtype: passed to the layers.
     """
 
-    def __init__(self, in_features=784, hidden=128, num_classes=10, *, layer_cls=None, device=None, dtype=None):
+    def __init__(self, in_features=784, hidden=128, num_classes=10, *, layers=None, device=None, dtype=None):
         super().__init__()
-        layer_cls = pk_nn.Linear if layer_cls is None else layer_cls
+        nn = resolve_layers(layers)
         self.in_features, self.hidden, self.num_classes = in_features, hidden, num_classes
-        self.fc1 = layer_cls(in_features, hidden, device=device, dtype=dtype)
-        self.fc2 = layer_cls(hidden, num_classes, device=device, dtype=dtype)
-
-    @classmethod
-    def with_torch_layers(cls, in_features=784, hidden=128, num_classes=10, *, device=None, dtype=None):
-        """The same architecture from torch.nn.Linear: the baseline to compare against."""
-        return cls(in_features, hidden, num_classes, layer_cls=torch.nn.Linear, device=device, dtype=dtype)
+        self.fc1 = nn.Linear(in_features, hidden, device=device, dtype=dtype)
+        self.fc2 = nn.Linear(hidden, num_classes, device=device, dtype=dtype)
 
     def forward(self, x):
         if x.dim() > 2:
