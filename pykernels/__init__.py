@@ -53,6 +53,7 @@ if _os.environ.get("PYKERNELS_THREADS", "openmp") != "pool":
     _C.attach_host_openmp()
 
 from . import ops, nn, reference  # noqa: E402  (the ops need _C configured first)
+from .convert import convert  # noqa: E402
 
-__all__ = ["ops", "nn", "reference", "backend", "current_backend", "set_num_threads",
+__all__ = ["ops", "nn", "reference", "convert", "backend", "current_backend", "set_num_threads",
            "get_num_threads", "isa", "thread_backend", "__version__"]

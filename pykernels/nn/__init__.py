@@ -4,7 +4,7 @@ from .attention import MultiheadAttention
 from .conv import Conv2d, ConvTranspose2d
 from .linear import Linear
 from .pooling import AdaptiveAvgPool2d, AdaptiveMaxPool2d, AvgPool2d, MaxPool2d
-from .rnn import GRU, LSTM, GRUCell, LSTMCell
+from .rnn import GRU, LSTM, RNN, GRUCell, LSTMCell
 
 __all__ = ["Linear", "Conv2d", "ConvTranspose2d", "MaxPool2d", "AvgPool2d", "AdaptiveAvgPool2d",
-           "AdaptiveMaxPool2d", "MultiheadAttention", "LSTMCell", "GRUCell", "LSTM", "GRU"]
+           "AdaptiveMaxPool2d", "MultiheadAttention", "LSTMCell", "GRUCell", "LSTM", "GRU", "RNN"]

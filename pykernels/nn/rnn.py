@@ -26,9 +26,13 @@ torch.compile: dynamo refuses to trace torch.nn.RNNBase subclasses by default, s
 run eagerly there (a graph break; fullgraph=True raises) unless torch._dynamo.config.allow_rnn
 is True, in which case they trace into the pykernels::lstm / gru ops. The cells trace as is.
 
+RNN (torch.nn.RNN, the tanh / relu Elman RNN) has no fused sequence kernel: per layer and
+direction one pykernels.ops.linear projects the input of all T steps, then each step is one
+pykernels.ops.linear(h, weight_hh) plus the add and the nonlinearity in torch (see RNN). Same
+forward contract as LSTM / GRU, PackedSequence included.
+
 Not supported: proj_size > 0 (LSTM with projections) raises NotImplementedError; dtypes the
 active backend does not support (C++: float32, float64) raise TypeError from the ops.
-torch.nn.RNN (tanh / relu) has no pykernels counterpart.
 """
 from __future__ import annotations
 
@@ -41,7 +45,7 @@ from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_
 
 from .. import ops
 
-__all__ = ["LSTMCell", "GRUCell", "LSTM", "GRU"]
+__all__ = ["LSTMCell", "GRUCell", "LSTM", "GRU", "RNN"]
 
 
 def _no_proj(module) -> None:
@@ -228,3 +232,126 @@ class GRUCell(torch.nn.GRUCell):
         if hx is not None and hx.dim() not in (1, 2):
             raise ValueError(f"GRUCell: Expected hidden to be 1D or 2D, got {hx.dim()}D instead")
         return ops.gru_cell(input, hx, self.weight_ih, self.weight_hh, self.bias_ih, self.bias_hh)
+
+
+def _rnn_direction(x: Tensor, h: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Optional[Tensor],
+                   b_hh: Optional[Tensor], relu: bool, reverse: bool,
+                   batch_sizes: Optional[List[int]]) -> Tuple[Tensor, Tensor]:
+    """One layer, one direction of an Elman RNN: x [T, B, I], h0 [B, H] -> y [T, B, H], hn [B, H].
+
+        h_t = act(x_t W_ih^T + b_ih + h_{t-1} W_hh^T + b_hh),  act = tanh or relu
+    The input projection of all T steps is ONE GEMM (x as [T*B, I]: a view, or one copy when x is
+    a batch_first view; b_ih + b_hh folded into its bias); each step is one GEMM h W_hh^T ([B, H] @ [H, H]) plus the add and act in torch.
+    batch_sizes (a list, non-increasing): at step t only rows b < batch_sizes[t] run (the batch
+    is sorted by length, so they are the leading rows); the others keep their state, y = 0.
+    """
+    T, B, I = x.shape
+    H = w_hh.shape[0]
+    bias = None if b_ih is None else b_ih + b_hh
+    xw = ops.linear(x.reshape(T * B, I), w_ih, bias).view(T, B, H)        # [T, B, H]
+    act = torch.relu if relu else torch.tanh
+    ys: List[Optional[Tensor]] = [None] * T
+    for t in (range(T - 1, -1, -1) if reverse else range(T)):
+        n = B if batch_sizes is None else batch_sizes[t]
+        if n == B:
+            h = act(xw[t] + ops.linear(h, w_hh))                              # [B, H]
+            ys[t] = h
+        else:  # a PackedSequence's step: rows n.. are past their sequence's end
+            h_run = act(xw[t, :n] + ops.linear(h[:n], w_hh))                  # [n, H]
+            h = torch.cat([h_run, h[n:]])
+            ys[t] = torch.cat([h_run, h_run.new_zeros(B - n, H)])
+    return torch.stack(ys), h
+
+
+class RNN(torch.nn.RNN):
+    """``torch.nn.RNN`` (Elman RNN, tanh or relu) whose forward runs pykernels GEMMs per step.
+
+    Same constructor (input_size, hidden_size, num_layers=1, nonlinearity="tanh", bias=True,
+    batch_first=False, dropout=0.0, bidirectional=False, device=None, dtype=None), parameters
+    and state_dict keys; forward(input, hx=None) -> (output, hn) as torch's, also for a
+    PackedSequence input (handled as LSTM / GRU do, see the module docstring).
+
+    There is NO fused Elman-RNN kernel: per layer and direction, the input projection of all T
+    steps is one ``pykernels.ops.linear`` (x as [T*B, I], with b_ih + b_hh folded into its
+    bias), then every step is one ``pykernels.ops.linear(h, weight_hh)`` ([B, H] @ [H, H]) with
+    the add and the nonlinearity in torch: 1 + T GEMM calls and ~3 T torch ops per layer and
+    direction, forward and backward through autograd. With a PackedSequence, step t runs only
+    the batch_sizes[t] rows still inside their sequence (the others keep their state and
+    output 0). Layers, directions and inter-layer dropout are composed as in LSTM / GRU.
+
+    Raises:
+        NotImplementedError: proj_size other than 0 (projections exist for LSTM only; torch.nn.RNN
+            raises ValueError for it).
+        ValueError: an unknown nonlinearity (as torch); the ValueError / RuntimeError torch raises
+            for inconsistent input and hx (same messages); otherwise see ``pykernels.ops.linear``.
+    """
+
+    def __init__(self, *args, **kwargs):
+        proj_size = kwargs.pop("proj_size", 0)
+        if proj_size:
+            raise NotImplementedError(f"pykernels.nn.RNN: proj_size={proj_size} is not supported (projections "
+                                      "exist for LSTM only)")
+        super().__init__(*args, **kwargs)
+
+    def forward(self, input, hx=None):
+        self._update_flat_weights()
+        if isinstance(input, PackedSequence):
+            data, batch_sizes, sorted_indices, unsorted_indices = input
+            if hx is not None:
+                hx = self.permute_hidden(hx, sorted_indices)
+                self.check_forward_args(data, hx, batch_sizes)
+            else:
+                self.check_input(data, batch_sizes)
+            x = _unpack(data, batch_sizes)                           # [T, B, I], sorted batch order
+            out, hn = self._run_layers(x, hx, batch_sizes.tolist())
+            output = PackedSequence(_pack(out, batch_sizes), batch_sizes, sorted_indices, unsorted_indices)
+            return output, self.permute_hidden(hn, unsorted_indices)
+        if input.dim() not in (2, 3):
+            raise ValueError(f"RNN: Expected input to be 2D or 3D, got {input.dim()}D tensor instead")
+        is_batched = input.dim() == 3
+        batch_dim = 0 if self.batch_first else 1
+        if not is_batched:
+            input = input.unsqueeze(batch_dim)
+            if hx is not None:
+                if hx.dim() != 2:
+                    raise RuntimeError(f"For unbatched 2-D input, hx should also be 2-D but got {hx.dim()}-D "
+                                       "tensor")
+                hx = hx.unsqueeze(1)
+        elif hx is not None and hx.dim() != 3:
+            raise RuntimeError(f"For batched 3-D input, hx should also be 3-D but got {hx.dim()}-D tensor")
+        if hx is not None:
+            self.check_forward_args(input, hx, None)
+        else:
+            self.check_input(input, None)
+        x = input.transpose(0, 1) if self.batch_first else input    # [T, B, I], a view
+        if x.shape[0] == 0:
+            raise RuntimeError("Expected sequence length to be larger than 0 in RNN")
+        out, hn = self._run_layers(x, hx, None)
+        if self.batch_first:
+            out = out.transpose(0, 1)
+        if not is_batched:
+            out, hn = out.squeeze(batch_dim), hn.squeeze(1)
+        return out, hn
+
+    def _run_layers(self, x: Tensor, h0: Optional[Tensor], batch_sizes: Optional[List[int]]
+                    ) -> Tuple[Tensor, Tensor]:
+        """x [T, B, I], h0 [L*D, B, H] or None -> output [T, B, D*H], hn [L*D, B, H]."""
+        D = 2 if self.bidirectional else 1
+        weights = self._flat_weights
+        per = len(weights) // (self.num_layers * D)     # 4 with biases, 2 without
+        relu = self.nonlinearity == "relu"
+        if h0 is None:
+            h0 = x.new_zeros((self.num_layers * D, x.shape[1], self.hidden_size))
+        hn: List[Tensor] = []
+        for layer in range(self.num_layers):
+            if layer and self.dropout and self.training:
+                x = F.dropout(x, self.dropout, True)
+            outs = []
+            for d in range(D):
+                k = layer * D + d
+                w_ih, w_hh, b_ih, b_hh = (weights[k * per:(k + 1) * per] + [None, None])[:4]
+                y, h = _rnn_direction(x, h0[k], w_ih, w_hh, b_ih, b_hh, relu, d == 1, batch_sizes)
+                outs.append(y)
+                hn.append(h)
+            x = outs[0] if D == 1 else torch.cat(outs, 2)
+        return x, torch.stack(hn)
