@@ -83,6 +83,7 @@ def _dtype_id(dtype):
 def pytest_configure(config):
     config.addinivalue_line("markers", "backends(*names): run only on these backend names")
     config.addinivalue_line("markers", "dtypes(*dtypes): run only in these dtypes")
+    config.addinivalue_line("markers", "slow: minutes and ~10 GB of memory; skipped unless selected with -m slow")
 
 
 def pytest_generate_tests(metafunc):

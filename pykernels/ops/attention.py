@@ -55,14 +55,13 @@ from torch import Tensor
 
 from .. import _C
 from .._backend import resolve, triton_kernels
-from .gemm import _dtype_name, _eager, _np64
+from .gemm import TORCH, _dtype_name, _eager, _np64
 
 __all__ = ["attention"]
 
 _CPP_DTYPES = (torch.float32, torch.float64)
 _TRITON_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
 _NO_MASK, _BOOL_MASK, _ADD_MASK = 0, 1, 2      # the C++ binding's mask_kind
-_NO_STRIDES = (0, 0, 0, 0)
 
 
 def _lse_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -74,24 +73,49 @@ def _seed_int(seed: Optional[Tensor]) -> int:
 
 
 # ---- the kernels, per backend ----------------------------------------------------------------
-def _mask_args(mask: Optional[Tensor]) -> Tuple[int, int, Tuple[int, ...]]:
-    """(pointer, mask_kind, 4 strides) of the expanded mask view for the C++ binding."""
-    if mask is None:
-        return 0, _NO_MASK, _NO_STRIDES
-    return mask.data_ptr(), _BOOL_MASK if mask.dtype == torch.bool else _ADD_MASK, tuple(mask.stride())
+def _mask_kind(mask, bool_mask: bool) -> int:
+    return _NO_MASK if mask is None else (_BOOL_MASK if bool_mask else _ADD_MASK)
+
+
+# The C++ launches, shared with pykernels.numpy: io says how to read the front's arrays
+# (gemm.TORCH for tensors; see gemm.TorchBuffers). q, k, v, out, dq, ... are 4-D [B, H, *, *],
+# lse [B, H, N], mask None or a [B, H, N, S] view (bool bytes when bool_mask, else q's dtype).
+def attention_forward_cpp(io, q, k, v, mask, bool_mask: bool, causal: bool, scale: float, dropout_p: float,
+                          seed: int, out, lse) -> None:
+    """out [B, H, N, Dv], lse [B, H, N]: every element written. B, H, N, S, D, Dv >= 1."""
+    B, H, N, D = q.shape
+    S, Dv = v.shape[2], v.shape[3]
+    _C.attention_forward(io.fp64(q), B, H, N, S, D, Dv,
+                         io.ptr(q), *io.strides(q, 4), io.ptr(k), *io.strides(k, 4), io.ptr(v), *io.strides(v, 4),
+                         io.ptr(mask), _mask_kind(mask, bool_mask), *io.strides(mask, 4),
+                         causal, scale, dropout_p, seed,
+                         io.ptr(out), *io.strides(out, 4), io.ptr(lse), *io.strides(lse, 3))
+
+
+def attention_backward_cpp(io, dout, q, k, v, out, lse, mask, bool_mask: bool, causal: bool, scale: float,
+                           dropout_p: float, seed: int, dq, dk, dv, dmask) -> None:
+    """dq, dk, dv (and dmask [B, H, N, S] when not None): every element written."""
+    B, H, N, D = q.shape
+    S, Dv = v.shape[2], v.shape[3]
+    _C.attention_backward(io.fp64(q), B, H, N, S, D, Dv,
+                          io.ptr(q), *io.strides(q, 4), io.ptr(k), *io.strides(k, 4), io.ptr(v), *io.strides(v, 4),
+                          io.ptr(out), *io.strides(out, 4), io.ptr(dout), *io.strides(dout, 4),
+                          io.ptr(lse), *io.strides(lse, 3),
+                          io.ptr(mask), _mask_kind(mask, bool_mask), *io.strides(mask, 4),
+                          causal, scale, dropout_p, seed,
+                          io.ptr(dq), *io.strides(dq, 4), io.ptr(dk), *io.strides(dk, 4),
+                          io.ptr(dv), *io.strides(dv, 4), io.ptr(dmask), *io.strides(dmask, 4))
+
+
+def _is_bool(mask: Optional[Tensor]) -> bool:
+    return mask is not None and mask.dtype == torch.bool
 
 
 def _run_forward(backend: str, q: Tensor, k: Tensor, v: Tensor, mask: Optional[Tensor], causal: bool,
                  scale: float, dropout_p: float, seed: int, out: Tensor, lse: Tensor) -> None:
     """out [B, H, N, Dv], lse [B, H, N]: every element written. B, H, N, S, D, Dv >= 1."""
     if backend == "cpp":
-        B, H, N, D = q.shape
-        S, Dv = v.shape[2], v.shape[3]
-        mp, kind, ms = _mask_args(mask)
-        _C.attention_forward(q.dtype == torch.float64, B, H, N, S, D, Dv,
-                             q.data_ptr(), *q.stride(), k.data_ptr(), *k.stride(), v.data_ptr(), *v.stride(),
-                             mp, kind, *ms, causal, scale, dropout_p, seed,
-                             out.data_ptr(), *out.stride(), lse.data_ptr(), *lse.stride())
+        attention_forward_cpp(TORCH, q, k, v, mask, _is_bool(mask), causal, scale, dropout_p, seed, out, lse)
     else:
         triton_kernels("attention").attention_forward(q, k, v, out, lse, mask=mask, causal=causal, scale=scale,
                                                       dropout_p=dropout_p, seed=seed)
@@ -102,17 +126,8 @@ def _run_backward(backend: str, dout: Tensor, q: Tensor, k: Tensor, v: Tensor, o
                   dq: Tensor, dk: Tensor, dv: Tensor, dmask: Optional[Tensor]) -> None:
     """dq, dk, dv (and dmask [B, H, N, S] when given): every element written."""
     if backend == "cpp":
-        B, H, N, D = q.shape
-        S, Dv = v.shape[2], v.shape[3]
-        mp, kind, ms = _mask_args(mask)
-        _C.attention_backward(q.dtype == torch.float64, B, H, N, S, D, Dv,
-                              q.data_ptr(), *q.stride(), k.data_ptr(), *k.stride(), v.data_ptr(), *v.stride(),
-                              out.data_ptr(), *out.stride(), dout.data_ptr(), *dout.stride(),
-                              lse.data_ptr(), *lse.stride(), mp, kind, *ms, causal, scale, dropout_p, seed,
-                              dq.data_ptr(), *dq.stride(), dk.data_ptr(), *dk.stride(),
-                              dv.data_ptr(), *dv.stride(),
-                              0 if dmask is None else dmask.data_ptr(),
-                              *(_NO_STRIDES if dmask is None else dmask.stride()))
+        attention_backward_cpp(TORCH, dout, q, k, v, out, lse, mask, _is_bool(mask), causal, scale, dropout_p,
+                               seed, dq, dk, dv, dmask)
     else:
         triton_kernels("attention").attention_backward(q, k, v, out, dout, lse, dq, dk, dv, mask=mask,
                                                        causal=causal, scale=scale, dropout_p=dropout_p,
@@ -384,3 +399,9 @@ def attention(q: Tensor, k: Tensor, v: Tensor, attn_mask: Optional[Tensor] = Non
     else:
         out = _attention_impl(*args)[0]
     return out.squeeze(1) if three else out
+
+
+# ---- torch.autocast: the public functions cast their arguments first (see ops/_autocast.py) ------
+from . import _autocast  # noqa: E402  (kept with the wrapping it serves)
+
+attention = _autocast.lower_precision(attention)

@@ -66,7 +66,7 @@ from .._backend import resolve, triton_kernels
 from . import _strided as S
 # the layout/argument helpers the pooling ops already define (torch's suggest_memory_format,
 # outputs allocated in a memory format, the eager-path test, int-or-pair arguments)
-from .gemm import _dtype_name, _eager, _np64, _ptr
+from .gemm import TORCH, _dtype_name, _eager, _np64
 from .pool2d import _empty, _format, _pair
 
 __all__ = ["conv2d", "conv_transpose2d"]
@@ -75,7 +75,6 @@ _CPP_DTYPES = (torch.float32, torch.float64)
 _TRITON_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
 _CL = torch.channels_last
 _NCHW = torch.contiguous_format
-_NO_STRIDES = (0, 0, 0, 0)
 _GELU = S.ACTIVATIONS["gelu"]
 
 
@@ -135,17 +134,40 @@ def _kernels():
     return triton_kernels("conv2d")
 
 
-def _strides(t: Optional[Tensor]) -> Tuple[int, ...]:
-    return _NO_STRIDES if t is None else tuple(t.stride())
+# The C++ launches, shared with pykernels.numpy: io says how to read the front's arrays
+# (gemm.TORCH for tensors; see gemm.TorchBuffers). Sizes come from the geometry g.
+def conv2d_forward_cpp(io, g: _Geom, x, w, bias, act: int, out, pre) -> None:
+    """out = act(conv(x, w) + bias); pre = conv(x, w) + bias when given."""
+    _C.conv2d_forward(io.fp64(x), *g, io.ptr(x), *io.strides(x, 4), io.ptr(w), *io.strides(w, 4),
+                      io.ptr(bias), *io.strides(bias, 1), act,
+                      io.ptr(out), *io.strides(out, 4), io.ptr(pre), *io.strides(pre, 4))
+
+
+def conv2d_backward_input_cpp(io, g: _Geom, dy, w, dx, bias) -> None:
+    """dx [N, C, H, W] = conv's input gradient of dy [N, K, OH, OW] (+ bias[c])."""
+    _C.conv2d_backward_input(io.fp64(dy), *g, io.ptr(dy), *io.strides(dy, 4), io.ptr(w), *io.strides(w, 4),
+                             io.ptr(dx), *io.strides(dx, 4), io.ptr(bias), *io.strides(bias, 1))
+
+
+def conv2d_backward_weight_cpp(io, g: _Geom, dy, x, dw) -> None:
+    """dw [K, C/G, R, S] = sum over n, oh, ow of dy [N, K, OH, OW] * the taps of x [N, C, H, W]."""
+    _C.conv2d_backward_weight(io.fp64(dy), *g, io.ptr(dy), *io.strides(dy, 4), io.ptr(x), *io.strides(x, 4),
+                              io.ptr(dw), *io.strides(dw, 4))
+
+
+def conv2d_backward_bias_cpp(io, dy, saved, act: int, dz, dbias) -> None:
+    """dz = dy * act'(saved) (dz None only for act 0); dbias = sum of dz over n, oh, ow."""
+    N, K, OH, OW = dy.shape
+    _C.conv2d_backward_bias(io.fp64(dy), N, K, OH, OW, io.ptr(dy), *io.strides(dy, 4),
+                            io.ptr(saved), *io.strides(saved, 4), act, io.ptr(dz), *io.strides(dz, 4),
+                            io.ptr(dbias), *io.strides(dbias, 1))
 
 
 def _run_forward(backend: str, g: _Geom, x: Tensor, w: Tensor, bias: Optional[Tensor], act: int,
                  out: Tensor, pre: Optional[Tensor]) -> None:
     """out = act(conv(x, w) + bias); pre = conv(x, w) + bias when given."""
     if backend == "cpp":
-        _C.conv2d_forward(x.dtype == torch.float64, *g, x.data_ptr(), *x.stride(), w.data_ptr(), *w.stride(),
-                          _ptr(bias), 0 if bias is None else bias.stride(0), act,
-                          out.data_ptr(), *out.stride(), _ptr(pre), *_strides(pre))
+        conv2d_forward_cpp(TORCH, g, x, w, bias, act, out, pre)
     else:
         _kernels().conv2d_forward(x, w, out, bias=bias, stride=(g.sH, g.sW), padding=(g.pH, g.pW),
                                   dilation=(g.dH, g.dW), groups=g.groups,
@@ -156,9 +178,7 @@ def _run_backward_input(backend: str, g: _Geom, dy: Tensor, w: Tensor, dx: Tenso
                         bias: Optional[Tensor]) -> None:
     """dx [N, C, H, W] = conv's input gradient of dy [N, K, OH, OW] (+ bias[c])."""
     if backend == "cpp":
-        _C.conv2d_backward_input(dy.dtype == torch.float64, *g, dy.data_ptr(), *dy.stride(),
-                                 w.data_ptr(), *w.stride(), dx.data_ptr(), *dx.stride(),
-                                 _ptr(bias), 0 if bias is None else bias.stride(0))
+        conv2d_backward_input_cpp(TORCH, g, dy, w, dx, bias)
     else:
         _kernels().conv2d_backward_input(dy, w, dx, (g.sH, g.sW), (g.pH, g.pW), (g.dH, g.dW), g.groups,
                                          bias=bias)
@@ -167,8 +187,7 @@ def _run_backward_input(backend: str, g: _Geom, dy: Tensor, w: Tensor, dx: Tenso
 def _run_backward_weight(backend: str, g: _Geom, dy: Tensor, x: Tensor, dw: Tensor) -> None:
     """dw [K, C/G, R, S] = sum over n, oh, ow of dy [N, K, OH, OW] * the taps of x [N, C, H, W]."""
     if backend == "cpp":
-        _C.conv2d_backward_weight(dy.dtype == torch.float64, *g, dy.data_ptr(), *dy.stride(),
-                                  x.data_ptr(), *x.stride(), dw.data_ptr(), *dw.stride())
+        conv2d_backward_weight_cpp(TORCH, g, dy, x, dw)
     else:
         _kernels().conv2d_backward_weight(dy, x, dw, (g.sH, g.sW), (g.pH, g.pW), (g.dH, g.dW), g.groups)
 
@@ -177,10 +196,7 @@ def _run_backward_bias(backend: str, dy: Tensor, saved: Tensor, act: int, dz: Op
                        dbias: Optional[Tensor]) -> None:
     """dz = dy * act'(saved) (dz None only for act 0); dbias = sum of dz over n, oh, ow."""
     if backend == "cpp":
-        N, K, OH, OW = dy.shape
-        _C.conv2d_backward_bias(dy.dtype == torch.float64, N, K, OH, OW, dy.data_ptr(), *dy.stride(),
-                                saved.data_ptr(), *saved.stride(), act, _ptr(dz), *_strides(dz),
-                                _ptr(dbias), 0 if dbias is None else dbias.stride(0))
+        conv2d_backward_bias_cpp(TORCH, dy, saved, act, dz, dbias)
     else:
         _kernels().conv2d_backward_bias(dy, saved, S.ACTIVATION_NAMES[act], dz=dz, dbias=dbias)
 
@@ -674,3 +690,10 @@ def conv_transpose2d(x: Tensor, weight: Tensor, bias: Optional[Tensor] = None, s
     else:
         out = _conv_transpose2d_impl(*args)
     return out.squeeze(0) if unbatched else out
+
+
+# ---- torch.autocast: the public functions cast their arguments first (see ops/_autocast.py) ------
+from . import _autocast  # noqa: E402  (kept with the wrapping it serves)
+
+conv2d = _autocast.lower_precision(conv2d)
+conv_transpose2d = _autocast.lower_precision(conv_transpose2d)

@@ -212,6 +212,26 @@ def _ptr(t: Optional[Tensor]) -> int:
     return 0 if t is None else t.data_ptr()
 
 
+class TorchBuffers:
+    """How the C++ launch helpers of the conv2d, pool2d, attention and rnn ops (their ``*_cpp``
+    functions) read torch tensors; pykernels.numpy passes its NumPy twin instead.
+        ptr(t)         the data pointer (0 for None = absent)
+        strides(t, n)  the strides in elements ((0,) * n for None)
+        fp64(t)        True for float64 (the kernels' only other dtype is float32)"""
+    ptr = staticmethod(_ptr)
+
+    @staticmethod
+    def strides(t: Optional[Tensor], n: int) -> Tuple[int, ...]:
+        return (0,) * n if t is None else t.stride()
+
+    @staticmethod
+    def fp64(t: Tensor) -> bool:
+        return t.dtype == torch.float64
+
+
+TORCH = TorchBuffers()
+
+
 def _from_np(arr, like: Tensor) -> Tensor:
     return torch.from_numpy(arr).to(dtype=like.dtype, device=like.device)
 
@@ -555,3 +575,10 @@ def matmul(a: Tensor, b: Tensor) -> Tensor:
     for d in squeeze:
         out = out.squeeze(d)
     return out
+
+
+# ---- torch.autocast: the public functions cast their arguments first (see ops/_autocast.py) ------
+from . import _autocast  # noqa: E402  (kept with the wrapping it serves)
+
+linear = _autocast.lower_precision(linear)
+matmul = _autocast.lower_precision(matmul)

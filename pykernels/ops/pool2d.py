@@ -43,7 +43,7 @@ from torch import Tensor
 
 from .. import _C
 from .._backend import resolve, triton_kernels
-from .gemm import _eager, _np64
+from .gemm import TORCH, _eager, _np64
 
 __all__ = ["max_pool2d", "avg_pool2d", "adaptive_avg_pool2d", "adaptive_max_pool2d"]
 
@@ -51,7 +51,6 @@ _CPP_DTYPES = (torch.float32, torch.float64)
 _TRITON_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
 _CL = torch.channels_last
 _NCHW = torch.contiguous_format
-_NO_STRIDES = (0, 0, 0, 0)
 
 
 # ---- arguments --------------------------------------------------------------------------------
@@ -160,6 +159,68 @@ def _kernels():
     return triton_kernels("pool2d")
 
 
+# ---- the C++ launches, shared with pykernels.numpy ----------------------------------------------
+# io says how to read the front's arrays (gemm.TORCH for tensors; see gemm.TorchBuffers). x / out
+# are [N, C, H, W] / [N, C, OH, OW]; in a backward, grad_in is x's gradient and grad out's.
+def max_pool2d_forward_cpp(io, x, out, idx, idx32: bool, kernel_size, stride, padding, dilation) -> None:
+    """out = the maximum of every window; idx (None: not written) its flat position h*W + w,
+    int32 when idx32, else int64."""
+    N, C, H, W = x.shape
+    (kH, kW), (sH, sW), (pH, pW), (dH, dW) = kernel_size, stride, padding, dilation
+    _C.max_pool2d_forward(io.fp64(x), N, C, H, W, io.ptr(x), *io.strides(x, 4), out.shape[2], out.shape[3],
+                          io.ptr(out), *io.strides(out, 4), io.ptr(idx), *io.strides(idx, 4),
+                          kH, kW, sH, sW, pH, pW, dH, dW, idx32)
+
+
+def adaptive_max_pool2d_forward_cpp(io, x, out, idx, idx32: bool) -> None:
+    """max_pool2d_forward_cpp over the adaptive windows of out's size."""
+    N, C, H, W = x.shape
+    _C.adaptive_max_pool2d_forward(io.fp64(x), N, C, H, W, io.ptr(x), *io.strides(x, 4),
+                                   out.shape[2], out.shape[3], io.ptr(out), *io.strides(out, 4),
+                                   io.ptr(idx), *io.strides(idx, 4), idx32)
+
+
+def max_pool2d_backward_cpp(io, grad_in, grad, idx, idx32: bool) -> None:
+    """grad_in = 0, then grad_in[n, c].flat[idx] += grad (both max pools; idx outside the plane
+    is skipped by the kernel)."""
+    N, C, H, W = grad_in.shape
+    _C.max_pool2d_backward(io.fp64(grad), N, C, H, W, io.ptr(grad_in), *io.strides(grad_in, 4),
+                           grad.shape[2], grad.shape[3], io.ptr(grad), *io.strides(grad, 4),
+                           io.ptr(idx), *io.strides(idx, 4), idx32)
+
+
+def avg_pool2d_forward_cpp(io, x, out, kernel_size, stride, padding, count_include_pad: bool,
+                           divisor_override: int) -> None:
+    """out = the mean of every window (divisor_override 0 = none)."""
+    N, C, H, W = x.shape
+    (kH, kW), (sH, sW), (pH, pW) = kernel_size, stride, padding
+    _C.avg_pool2d_forward(io.fp64(x), N, C, H, W, io.ptr(x), *io.strides(x, 4), out.shape[2], out.shape[3],
+                          io.ptr(out), *io.strides(out, 4), kH, kW, sH, sW, pH, pW, count_include_pad,
+                          divisor_override)
+
+
+def avg_pool2d_backward_cpp(io, grad_in, grad, kernel_size, stride, padding, count_include_pad: bool,
+                            divisor_override: int) -> None:
+    """grad_in[h, w] = sum over the windows covering (h, w) of grad / divisor (a gather)."""
+    N, C, H, W = grad_in.shape
+    (kH, kW), (sH, sW), (pH, pW) = kernel_size, stride, padding
+    _C.avg_pool2d_backward(io.fp64(grad), N, C, H, W, io.ptr(grad_in), *io.strides(grad_in, 4),
+                           grad.shape[2], grad.shape[3], io.ptr(grad), *io.strides(grad, 4),
+                           kH, kW, sH, sW, pH, pW, count_include_pad, divisor_override)
+
+
+def adaptive_avg_pool2d_forward_cpp(io, x, out) -> None:
+    N, C, H, W = x.shape
+    _C.adaptive_avg_pool2d_forward(io.fp64(x), N, C, H, W, io.ptr(x), *io.strides(x, 4),
+                                   out.shape[2], out.shape[3], io.ptr(out), *io.strides(out, 4))
+
+
+def adaptive_avg_pool2d_backward_cpp(io, grad_in, grad) -> None:
+    N, C, H, W = grad_in.shape
+    _C.adaptive_avg_pool2d_backward(io.fp64(grad), N, C, H, W, io.ptr(grad_in), *io.strides(grad_in, 4),
+                                    grad.shape[2], grad.shape[3], io.ptr(grad), *io.strides(grad, 4))
+
+
 def _grad_like(grad: Tensor, fmt) -> Tensor:
     """grad_out in the layout the gather kernels read fastest (the grad_in layout)."""
     return grad if grad.is_contiguous(memory_format=fmt) else grad.contiguous(memory_format=fmt)
@@ -180,10 +241,8 @@ def _max_forward(x: Tensor, backend: str, kernel_size, stride, padding, dilation
     out = _empty((N, C, OH, OW), x, fmt)
     idx = _empty((N, C, OH, OW), x, fmt, idx_dtype) if need_indices else None
     if backend == "cpp":
-        _C.max_pool2d_forward(x.dtype == torch.float64, N, C, H, W, x.data_ptr(), *x.stride(), OH, OW,
-                              out.data_ptr(), *out.stride(), idx.data_ptr() if need_indices else 0,
-                              *(idx.stride() if need_indices else _NO_STRIDES), kH, kW, sH, sW, pH, pW, dH, dW,
-                              idx_dtype is torch.int32)
+        max_pool2d_forward_cpp(TORCH, x, out, idx, idx_dtype is torch.int32, kernel_size, stride, padding,
+                               dilation)
     else:
         _kernels().max_pool2d_forward(x, out, idx, kH, kW, sH, sW, pH, pW, dH, dW)
     return out, idx
@@ -220,9 +279,7 @@ def _max_pool2d_backward_impl(grad: Tensor, indices: Tensor, input_size: List[in
         return _from_np(ref.max_pool2d_backward(_np64(grad), indices.cpu().numpy(), (N, C, H, W)), grad, fmt)
     grad_in = _empty((N, C, H, W), grad, fmt)
     if backend == "cpp":
-        _C.max_pool2d_backward(grad.dtype == torch.float64, N, C, H, W, grad_in.data_ptr(), *grad_in.stride(),
-                               grad.shape[2], grad.shape[3], grad.data_ptr(), *grad.stride(),
-                               indices.data_ptr(), *indices.stride(), indices.dtype == torch.int32)
+        max_pool2d_backward_cpp(TORCH, grad_in, grad, indices, indices.dtype == torch.int32)
     else:
         _kernels().max_pool2d_backward(grad, indices, grad_in)
     return grad_in
@@ -336,8 +393,7 @@ def _avg_forward(x: Tensor, backend: str, kernel_size, stride, padding, ceil_mod
     out = _empty((N, C, OH, OW), x, fmt)
     div = divisor_override or 0
     if backend == "cpp":
-        _C.avg_pool2d_forward(x.dtype == torch.float64, N, C, H, W, x.data_ptr(), *x.stride(), OH, OW,
-                              out.data_ptr(), *out.stride(), kH, kW, sH, sW, pH, pW, count_include_pad, div)
+        avg_pool2d_forward_cpp(TORCH, x, out, kernel_size, stride, padding, count_include_pad, div)
     else:
         _kernels().avg_pool2d_forward(x, out, kH, kW, sH, sW, pH, pW, count_include_pad, div)
     return out
@@ -376,10 +432,8 @@ def _avg_pool2d_backward_impl(grad: Tensor, input_size: List[int], channels_last
     grad_in = _empty((N, C, H, W), grad, fmt)
     div = divisor_override or 0
     if backend == "cpp":
-        g = _grad_like(grad, fmt)
-        _C.avg_pool2d_backward(g.dtype == torch.float64, N, C, H, W, grad_in.data_ptr(), *grad_in.stride(),
-                               g.shape[2], g.shape[3], g.data_ptr(), *g.stride(), kH, kW, sH, sW, pH, pW,
-                               count_include_pad, div)
+        avg_pool2d_backward_cpp(TORCH, grad_in, _grad_like(grad, fmt), kernel_size, stride, padding,
+                                count_include_pad, div)
     else:
         _kernels().avg_pool2d_backward(grad, grad_in, kH, kW, sH, sW, pH, pW, count_include_pad, div)
     return grad_in
@@ -473,8 +527,7 @@ def _adaptive_avg_pool2d_impl(x: Tensor, output_size: List[int]) -> Tensor:
         return _from_np(ref.adaptive_avg_pool2d_forward(_np64(x), (OH, OW)), x, fmt)
     out = _empty((N, C, OH, OW), x, fmt)
     if backend == "cpp":
-        _C.adaptive_avg_pool2d_forward(x.dtype == torch.float64, N, C, H, W, x.data_ptr(), *x.stride(),
-                                       OH, OW, out.data_ptr(), *out.stride())
+        adaptive_avg_pool2d_forward_cpp(TORCH, x, out)
     else:
         _kernels().adaptive_avg_pool2d_forward(x, out)
     return out
@@ -499,9 +552,7 @@ def _adaptive_avg_pool2d_backward_impl(grad: Tensor, input_size: List[int], chan
         return _from_np(ref.adaptive_avg_pool2d_backward(_np64(grad), (N, C, H, W)), grad, fmt)
     grad_in = _empty((N, C, H, W), grad, fmt)
     if backend == "cpp":
-        g = _grad_like(grad, fmt)
-        _C.adaptive_avg_pool2d_backward(g.dtype == torch.float64, N, C, H, W, grad_in.data_ptr(),
-                                        *grad_in.stride(), g.shape[2], g.shape[3], g.data_ptr(), *g.stride())
+        adaptive_avg_pool2d_backward_cpp(TORCH, grad_in, _grad_like(grad, fmt))
     else:
         _kernels().adaptive_avg_pool2d_backward(grad, grad_in)
     return grad_in
@@ -586,10 +637,7 @@ def _adaptive_max_forward(x: Tensor, output_size, need_indices: bool, idx_dtype)
         idx_dtype = torch.int64
     idx = _empty((N, C, OH, OW), x, fmt, idx_dtype) if write else x.new_empty(0, dtype=torch.int64)
     if backend == "cpp":
-        _C.adaptive_max_pool2d_forward(x.dtype == torch.float64, N, C, H, W, x.data_ptr(), *x.stride(),
-                                       OH, OW, out.data_ptr(), *out.stride(),
-                                       idx.data_ptr() if need_indices else 0,
-                                       *(idx.stride() if need_indices else _NO_STRIDES), idx_dtype is torch.int32)
+        adaptive_max_pool2d_forward_cpp(TORCH, x, out, idx if need_indices else None, idx_dtype is torch.int32)
     else:
         _kernels().adaptive_max_pool2d_forward(x, out, idx)
         if not need_indices:
@@ -655,3 +703,12 @@ def adaptive_max_pool2d(x: Tensor, output_size, return_indices: bool = False):
     if unbatched:
         out, idx = out.squeeze(0), idx.squeeze(0) if idx.dim() == 4 else idx
     return (out, idx) if return_indices else out
+
+
+# ---- torch.autocast: the public functions cast their arguments first (see ops/_autocast.py) ------
+from . import _autocast  # noqa: E402  (kept with the wrapping it serves)
+
+max_pool2d = _autocast.input_precision(max_pool2d)
+avg_pool2d = _autocast.input_precision(avg_pool2d)
+adaptive_avg_pool2d = _autocast.input_precision(adaptive_avg_pool2d)
+adaptive_max_pool2d = _autocast.input_precision(adaptive_max_pool2d)

@@ -58,7 +58,7 @@ from torch import Tensor
 
 from .. import _C
 from .._backend import resolve, triton_kernels
-from .gemm import _dtype_name, _eager, _np64, _ptr
+from .gemm import TORCH, _dtype_name, _eager, _np64
 
 __all__ = ["lstm", "gru", "lstm_cell", "gru_cell"]
 
@@ -81,30 +81,43 @@ def _ws_numel(backend: str, kind: int, T, B, H):
 
 
 # ---- the kernels, per backend ----------------------------------------------------------------
-def _st1(t: Optional[Tensor]) -> int:
-    return 0 if t is None else t.stride(0)
+# The C++ launches, shared with pykernels.numpy: io says how to read the front's arrays
+# (gemm.TORCH for tensors; see gemm.TorchBuffers). batch_sizes: None or contiguous int64 [T];
+# ws: None or a contiguous workspace of _ws_numel("cpp", kind, T, B, H) elements.
+def rnn_forward_cpp(io, kind: int, x, h0, c0, w_ih, w_hh, b_ih, b_hh, batch_sizes, reverse: bool,
+                    y, hn, cn, ws) -> None:
+    """y [T, B, H], hn (and cn) [B, H] fully written; ws filled when given. T, B >= 1."""
+    T, B, I = x.shape
+    H = w_hh.shape[1]
+    st = io.strides
+    _C.rnn_forward(io.fp64(x), kind, T, B, I, H, reverse,
+                   io.ptr(x), *st(x, 3), io.ptr(h0), *st(h0, 2), io.ptr(c0), *st(c0, 2),
+                   io.ptr(w_ih), *st(w_ih, 2), io.ptr(w_hh), *st(w_hh, 2),
+                   io.ptr(b_ih), *st(b_ih, 1), io.ptr(b_hh), *st(b_hh, 1), io.ptr(batch_sizes),
+                   io.ptr(y), *st(y, 3), io.ptr(hn), *st(hn, 2), io.ptr(cn), *st(cn, 2), io.ptr(ws))
 
 
-def _st2(t: Optional[Tensor]) -> Tuple[int, ...]:
-    return (0, 0) if t is None else t.stride()
-
-
-def _st3(t: Optional[Tensor]) -> Tuple[int, ...]:
-    return (0, 0, 0) if t is None else t.stride()
+def rnn_backward_cpp(io, kind: int, x, h0, c0, w_ih, w_hh, b_hh, batch_sizes, ws, reverse: bool,
+                     dy, dhn, dcn, dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh) -> None:
+    """Every gradient given (not None) fully written; dy, dhn, dcn None = no gradient from there."""
+    T, B, I = x.shape
+    H = w_hh.shape[1]
+    st = io.strides
+    _C.rnn_backward(io.fp64(x), kind, T, B, I, H, reverse,
+                    io.ptr(x), *st(x, 3), io.ptr(h0), *st(h0, 2), io.ptr(c0), *st(c0, 2),
+                    io.ptr(w_ih), *st(w_ih, 2), io.ptr(w_hh), *st(w_hh, 2),
+                    io.ptr(b_hh), *st(b_hh, 1), io.ptr(batch_sizes), io.ptr(ws),
+                    io.ptr(dy), *st(dy, 3), io.ptr(dhn), *st(dhn, 2), io.ptr(dcn), *st(dcn, 2),
+                    io.ptr(dx), *st(dx, 3), io.ptr(dh0), *st(dh0, 2), io.ptr(dc0), *st(dc0, 2),
+                    io.ptr(dw_ih), *st(dw_ih, 2), io.ptr(dw_hh), *st(dw_hh, 2),
+                    io.ptr(db_ih), *st(db_ih, 1), io.ptr(db_hh), *st(db_hh, 1))
 
 
 def _run_forward(backend: str, kind: int, x, h0, c0, w_ih, w_hh, b_ih, b_hh, batch_sizes, reverse,
                  y, hn, cn, ws) -> None:
     """y [T, B, H], hn (and cn) [B, H] fully written; ws filled when given. T, B >= 1."""
-    T, B, I = x.shape
-    H = w_hh.shape[1]
     if backend == "cpp":
-        _C.rnn_forward(x.dtype == torch.float64, kind, T, B, I, H, reverse,
-                       x.data_ptr(), *x.stride(), _ptr(h0), *_st2(h0), _ptr(c0), *_st2(c0),
-                       w_ih.data_ptr(), *w_ih.stride(), w_hh.data_ptr(), *w_hh.stride(),
-                       _ptr(b_ih), _st1(b_ih), _ptr(b_hh), _st1(b_hh), _ptr(batch_sizes),
-                       y.data_ptr(), *y.stride(), hn.data_ptr(), *hn.stride(), _ptr(cn), *_st2(cn),
-                       _ptr(ws))
+        rnn_forward_cpp(TORCH, kind, x, h0, c0, w_ih, w_hh, b_ih, b_hh, batch_sizes, reverse, y, hn, cn, ws)
     else:
         triton_kernels("rnn").rnn_forward(_KIND_NAMES[kind], x, h0, c0, w_ih, w_hh, b_ih, b_hh, y, hn, cn, ws,
                                           reverse=reverse, batch_sizes=batch_sizes)
@@ -113,17 +126,9 @@ def _run_forward(backend: str, kind: int, x, h0, c0, w_ih, w_hh, b_ih, b_hh, bat
 def _run_backward(backend: str, kind: int, x, h0, c0, w_ih, w_hh, b_hh, batch_sizes, ws, reverse,
                   dy, dhn, dcn, dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh) -> None:
     """Every gradient given (not None) fully written; dy, dhn, dcn None = no gradient from there."""
-    T, B, I = x.shape
-    H = w_hh.shape[1]
     if backend == "cpp":
-        _C.rnn_backward(x.dtype == torch.float64, kind, T, B, I, H, reverse,
-                        x.data_ptr(), *x.stride(), _ptr(h0), *_st2(h0), _ptr(c0), *_st2(c0),
-                        w_ih.data_ptr(), *w_ih.stride(), w_hh.data_ptr(), *w_hh.stride(),
-                        _ptr(b_hh), _st1(b_hh), _ptr(batch_sizes), ws.data_ptr(),
-                        _ptr(dy), *_st3(dy), _ptr(dhn), *_st2(dhn), _ptr(dcn), *_st2(dcn),
-                        _ptr(dx), *_st3(dx), _ptr(dh0), *_st2(dh0), _ptr(dc0), *_st2(dc0),
-                        _ptr(dw_ih), *_st2(dw_ih), _ptr(dw_hh), *_st2(dw_hh),
-                        _ptr(db_ih), _st1(db_ih), _ptr(db_hh), _st1(db_hh))
+        rnn_backward_cpp(TORCH, kind, x, h0, c0, w_ih, w_hh, b_hh, batch_sizes, ws, reverse,
+                         dy, dhn, dcn, dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh)
     else:
         triton_kernels("rnn").rnn_backward(_KIND_NAMES[kind], x, h0, c0, w_ih, w_hh, b_hh, ws, dy, dhn, dcn,
                                            dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh,
@@ -658,3 +663,12 @@ def gru_cell(x: Tensor, hx: Optional[Tensor], w_ih: Tensor, w_hh: Tensor, b_ih: 
         as ``gru`` (x must be 1-D or 2-D here).
     """
     return _cell(_GRU, "gru_cell", x, hx, w_ih, w_hh, b_ih, b_hh)[0]
+
+
+# ---- torch.autocast: the public functions cast their arguments first (see ops/_autocast.py) ------
+from . import _autocast  # noqa: E402  (kept with the wrapping it serves)
+
+lstm = _autocast.lower_precision(lstm)
+gru = _autocast.lower_precision(gru)
+lstm_cell = _autocast.lower_precision(lstm_cell)
+gru_cell = _autocast.lower_precision(gru_cell)
