@@ -579,6 +579,7 @@ _T_SHAPES = [
                                       dilation=(2, 1), groups=3), True),   # op 1 via dilation
     ((2, 8, 7, 7), (8, 8, 4, 4), dict(stride=2, padding=1), False),        # the GAN up-block
     ((1, 6, 9, 11), (6, 2, 3, 3), dict(stride=3, padding=2, output_padding=2, groups=6), False),
+    ((3, 7, 1, 1), (7, 5, 4, 3), dict(stride=2), True),  # a 1 x 1 image: the GEMM path (GAN stem)
 ]
 
 

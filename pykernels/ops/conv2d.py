@@ -66,7 +66,7 @@ from .._backend import resolve, triton_kernels
 from . import _strided as S
 # the layout/argument helpers the pooling ops already define (torch's suggest_memory_format,
 # outputs allocated in a memory format, the eager-path test, int-or-pair arguments)
-from .gemm import TORCH, _dtype_name, _eager, _np64
+from .gemm import TORCH, _dtype_name, _eager, _np64, matmul
 from .pool2d import _empty, _format, _pair
 
 __all__ = ["conv2d", "conv_transpose2d"]
@@ -681,6 +681,15 @@ def conv_transpose2d(x: Tensor, weight: Tensor, bias: Optional[Tensor] = None, s
         raise ValueError(f"output size ({OH}, {OW}) would be empty: padding {p} crops away the whole "
                          f"output of x of size ({H}, {W}) and weight's kernel {(R, S_)}")
     channels_last = not unbatched and _format(x4) is _CL
+    if (H, W, p, op, d, groups) == (1, 1, (0, 0), (0, 0), (1, 1), 1) and not channels_last \
+            and weight.is_contiguous():
+        # A 1 x 1 image (a GAN generator's first layer) is one GEMM, forward and backward:
+        # out[n, o, r, s] = sum_c x[n, c] * w[c, o, r, s]. The implicit GEMM of the general path
+        # would sum over every tap of a 1 x 1 image: R*S times the work, nearly all of it padding.
+        out = matmul(x4.flatten(1), weight.flatten(1)).view(x4.shape[0], cog, R, S_)  # [N, C_out, R, S]
+        if bias is not None:
+            out = out + bias.view(1, -1, 1, 1)
+        return out.squeeze(0) if unbatched else out
     args = (x4, weight, bias, s, p, op, groups, d, channels_last)
     if not _eager(x4):
         out = _conv_transpose2d_op(x4, weight, bias, list(s), list(p), list(op), groups, list(d),
