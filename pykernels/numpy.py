@@ -66,12 +66,13 @@ from .ops import _strided as S
 from .ops._strided import View
 from .ops.attention import _scalars as _attention_scalars
 from .ops.attention import attention_backward_cpp, attention_forward_cpp
-from .ops.conv2d import _channels, _check_bias, _conv_geom, _conv_padding, _groups, _positive, _tconv_geom
+from .ops.conv2d import (_channels, _check_bias, _conv_geom, _conv_padding, _groups, _positive, _tconv_args,
+                         _tconv_geom)
 from .ops.conv2d import (conv2d_backward_bias_cpp, conv2d_backward_input_cpp, conv2d_backward_weight_cpp,
                          conv2d_forward_cpp)
 from .ops.gemm import (linear_backward_views, linear_forward_views, matmul_backward_views,
                        matmul_forward_views)
-from .ops.pool2d import _adaptive_size, _check_out_hw, _out_hw, _pair, _window
+from .ops.pool2d import _adaptive_size, _check_out_hw, _out_hw, _window
 from .ops.pool2d import (adaptive_avg_pool2d_backward_cpp, adaptive_avg_pool2d_forward_cpp,
                          adaptive_max_pool2d_forward_cpp, avg_pool2d_backward_cpp, avg_pool2d_forward_cpp,
                          max_pool2d_backward_cpp, max_pool2d_forward_cpp)
@@ -450,21 +451,8 @@ def conv2d_backward(dy: np.ndarray, x: np.ndarray, weight: np.ndarray, bias: Opt
 def _conv_transpose_setup(x, weight, bias, stride, padding, output_padding, groups, dilation):
     """(x [N, C_in, H, W], unbatched, the geometry of the conv whose input gradient this is)."""
     x4, unbatched = _conv_operands(x, weight, bias, transposed=True)
-    groups = _groups(groups)
-    s, d = _positive("stride", stride), _positive("dilation", dilation)
-    _channels(x4, weight, groups, transposed=True)
-    _, cog, R, S_ = weight.shape
-    _check_bias(bias, cog * groups, "C_out")
-    if isinstance(padding, str):
-        raise ValueError(f"padding must be an int or a pair for conv_transpose2d, got {padding!r}")
-    p, op = _pair("padding", padding), _pair("output_padding", output_padding)
-    if p[0] < 0 or p[1] < 0:
-        raise ValueError(f"padding must be non-negative, got {p}")
-    if op[0] < 0 or op[1] < 0:
-        raise ValueError(f"output_padding must be non-negative, got {op}")
-    if op[0] >= max(s[0], d[0]) or op[1] >= max(s[1], d[1]):
-        raise ValueError(f"output_padding {op} must be smaller than either stride {s} or dilation {d} "
-                         "(per axis)")
+    groups, s, p, op, d = _tconv_args(x4, weight, bias, stride, padding, output_padding, groups, dilation)
+    R, S_ = weight.shape[2], weight.shape[3]
     g = _tconv_geom(x4, weight, s, p, op, groups, d)
     if g.H <= 0 or g.W <= 0:
         raise ValueError(f"output size ({g.H}, {g.W}) would be empty: padding {p} crops away the whole "

@@ -12,12 +12,19 @@ import torch
 
 from .. import nn as pk_nn
 
-__all__ = ["TorchTwin", "resolve_layers"]
+__all__ = ["TorchTwin", "resolve_layers", "check_positive_ints"]
 
 
 def resolve_layers(layers):
     """The layer namespace a model builds from: pykernels.nn when `layers` is None."""
     return pk_nn if layers is None else layers
+
+
+def check_positive_ints(**sizes):
+    """ValueError naming the first argument that is not a positive int (bools refused)."""
+    for name, value in sizes.items():
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise ValueError(f"{name} must be a positive int, got {value!r}")
 
 
 class TorchTwin:

@@ -23,7 +23,7 @@ parameters at num_classes=1000. `AlexNet.with_torch_layers(...)` is the torch.nn
 
 import torch
 
-from ._base import TorchTwin, resolve_layers
+from ._base import TorchTwin, check_positive_ints, resolve_layers
 
 __all__ = ["AlexNet"]
 
@@ -48,9 +48,7 @@ class AlexNet(TorchTwin, torch.nn.Module):
     def __init__(self, num_classes=1000, in_channels=3, dropout=0.5, *, layers=None, device=None,
                  dtype=None):
         super().__init__()
-        for name, value in (("num_classes", num_classes), ("in_channels", in_channels)):
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"{name} must be a positive int, got {value!r}")
+        check_positive_ints(num_classes=num_classes, in_channels=in_channels)
         if not 0.0 <= dropout <= 1.0:
             raise ValueError(f"dropout must be a probability in [0, 1], got {dropout!r}")
         nn = resolve_layers(layers)

@@ -25,15 +25,9 @@ parity tests (tests/test_models_vision.py), the demo and bench/bench_models.py.
 
 import torch
 
-from ._base import TorchTwin, resolve_layers
+from ._base import TorchTwin, check_positive_ints, resolve_layers
 
 __all__ = ["SeedCNN", "SmallCNN"]
-
-
-def _check_sizes(**sizes):
-    for name, value in sizes.items():
-        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-            raise ValueError(f"{name} must be a positive int, got {value!r}")
 
 
 class SeedCNN(TorchTwin, torch.nn.Module):
@@ -53,7 +47,7 @@ class SeedCNN(TorchTwin, torch.nn.Module):
 
     def __init__(self, in_channels=1, num_classes=10, *, layers=None, device=None, dtype=None):
         super().__init__()
-        _check_sizes(in_channels=in_channels, num_classes=num_classes)
+        check_positive_ints(in_channels=in_channels, num_classes=num_classes)
         nn = resolve_layers(layers)
         fk = dict(device=device, dtype=dtype)
         self.conv1 = nn.Conv2d(in_channels, 10, kernel_size=5, **fk)
@@ -86,7 +80,7 @@ class SmallCNN(TorchTwin, torch.nn.Module):
     def __init__(self, in_channels=1, num_classes=10, image_size=28, *, layers=None, device=None,
                  dtype=None):
         super().__init__()
-        _check_sizes(in_channels=in_channels, num_classes=num_classes, image_size=image_size)
+        check_positive_ints(in_channels=in_channels, num_classes=num_classes, image_size=image_size)
         if image_size < 4:
             raise ValueError(f"image_size must be at least 4 (3x3 conv then 2x2 pool), got {image_size}")
         nn = resolve_layers(layers)

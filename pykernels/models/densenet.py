@@ -37,7 +37,7 @@ from collections import OrderedDict
 import torch
 import torch.nn.functional as F
 
-from ._base import TorchTwin, resolve_layers
+from ._base import TorchTwin, check_positive_ints, resolve_layers
 
 __all__ = ["DenseNet", "densenet121"]
 
@@ -117,11 +117,8 @@ class DenseNet(TorchTwin, torch.nn.Module):
                  drop_rate=0.0, num_classes=1000, in_channels=3, *, layers=None, device=None,
                  dtype=None):
         super().__init__()
-        for name, value in (("growth_rate", growth_rate), ("num_init_features", num_init_features),
-                            ("bn_size", bn_size), ("num_classes", num_classes),
-                            ("in_channels", in_channels)):
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"{name} must be a positive int, got {value!r}")
+        check_positive_ints(growth_rate=growth_rate, num_init_features=num_init_features, bn_size=bn_size,
+                            num_classes=num_classes, in_channels=in_channels)
         if (not isinstance(block_config, (list, tuple)) or not block_config
                 or not all(isinstance(n, int) and not isinstance(n, bool) and n >= 1 for n in block_config)):
             raise ValueError(f"block_config must be a non-empty sequence of positive ints (dense layers "

@@ -32,7 +32,7 @@ resnet18 / 34 / 50 checkpoints load. `ResNet.with_torch_layers(...)` is the torc
 
 import torch
 
-from ._base import TorchTwin, resolve_layers
+from ._base import TorchTwin, check_positive_ints, resolve_layers
 
 __all__ = ["BasicBlock", "Bottleneck", "ResNet", "resnet18", "resnet34", "resnet50"]
 
@@ -134,9 +134,7 @@ class ResNet(TorchTwin, torch.nn.Module):
         if (not isinstance(blocks, (list, tuple)) or len(blocks) != 4
                 or not all(isinstance(n, int) and not isinstance(n, bool) and n >= 1 for n in blocks)):
             raise ValueError(f"blocks must be four positive ints (blocks per stage), got {blocks!r}")
-        for name, value in (("num_classes", num_classes), ("in_channels", in_channels)):
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"{name} must be a positive int, got {value!r}")
+        check_positive_ints(num_classes=num_classes, in_channels=in_channels)
         nn = resolve_layers(layers)
         fk = dict(device=device, dtype=dtype)
         self.inplanes = 64

@@ -26,7 +26,7 @@ vgg11 / vgg11_bn / vgg16 / vgg16_bn checkpoints load. `VGG.with_torch_layers(...
 
 import torch
 
-from ._base import TorchTwin, resolve_layers
+from ._base import TorchTwin, check_positive_ints, resolve_layers
 
 __all__ = ["VGG", "vgg11", "vgg11_bn", "vgg16", "vgg16_bn"]
 
@@ -64,9 +64,7 @@ class VGG(TorchTwin, torch.nn.Module):
         super().__init__()
         if not isinstance(depth, int) or isinstance(depth, bool) or depth not in _CONFIGS:
             raise ValueError(f"depth must be one of {sorted(_CONFIGS)}, got {depth!r}")
-        for name, value in (("num_classes", num_classes), ("in_channels", in_channels)):
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"{name} must be a positive int, got {value!r}")
+        check_positive_ints(num_classes=num_classes, in_channels=in_channels)
         if not 0.0 <= dropout <= 1.0:
             raise ValueError(f"dropout must be a probability in [0, 1], got {dropout!r}")
         nn = resolve_layers(layers)

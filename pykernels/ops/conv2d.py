@@ -632,6 +632,26 @@ def conv2d(x: Tensor, weight: Tensor, bias: Optional[Tensor] = None, stride=1, p
     return out.squeeze(0) if unbatched else out
 
 
+def _tconv_args(x4, weight, bias, stride, padding, output_padding, groups, dilation):
+    """The checked arguments of a transposed conv (torch tensors or NumPy arrays):
+    (groups, stride, padding, output_padding, dilation), each geometry one a pair."""
+    groups = _groups(groups)
+    s, d = _positive("stride", stride), _positive("dilation", dilation)
+    _channels(x4, weight, groups, transposed=True)
+    _check_bias(bias, weight.shape[1] * groups, "C_out")
+    if isinstance(padding, str):
+        raise ValueError(f"padding must be an int or a pair for conv_transpose2d, got {padding!r}")
+    p, op = _pair("padding", padding), _pair("output_padding", output_padding)
+    if p[0] < 0 or p[1] < 0:
+        raise ValueError(f"padding must be non-negative, got {p}")
+    if op[0] < 0 or op[1] < 0:
+        raise ValueError(f"output_padding must be non-negative, got {op}")
+    if op[0] >= max(s[0], d[0]) or op[1] >= max(s[1], d[1]):
+        raise ValueError(f"output_padding {op} must be smaller than either stride {s} or dilation {d} "
+                         "(per axis)")
+    return groups, s, p, op, d
+
+
 def conv_transpose2d(x: Tensor, weight: Tensor, bias: Optional[Tensor] = None, stride=1, padding=0,
                      output_padding=0, groups: int = 1, dilation=1) -> Tensor:
     """``torch.nn.functional.conv_transpose2d``: conv2d's input gradient of x, + bias.
@@ -660,21 +680,8 @@ def conv_transpose2d(x: Tensor, weight: Tensor, bias: Optional[Tensor] = None, s
             positive int.
     """
     x4, unbatched = _operands(x, weight, bias, transposed=True)
-    groups = _groups(groups)
-    s, d = _positive("stride", stride), _positive("dilation", dilation)
-    _channels(x4, weight, groups, transposed=True)
+    groups, s, p, op, d = _tconv_args(x4, weight, bias, stride, padding, output_padding, groups, dilation)
     _, cog, R, S_ = weight.shape
-    _check_bias(bias, cog * groups, "C_out")
-    if isinstance(padding, str):
-        raise ValueError(f"padding must be an int or a pair for conv_transpose2d, got {padding!r}")
-    p, op = _pair("padding", padding), _pair("output_padding", output_padding)
-    if p[0] < 0 or p[1] < 0:
-        raise ValueError(f"padding must be non-negative, got {p}")
-    if op[0] < 0 or op[1] < 0:
-        raise ValueError(f"output_padding must be non-negative, got {op}")
-    if op[0] >= max(s[0], d[0]) or op[1] >= max(s[1], d[1]):
-        raise ValueError(f"output_padding {op} must be smaller than either stride {s} or dilation {d} "
-                         "(per axis)")
     H, W = x4.shape[2], x4.shape[3]
     OH, OW = _tconv_out(H, R, s[0], p[0], op[0], d[0]), _tconv_out(W, S_, s[1], p[1], op[1], d[1])
     if OH <= 0 or OW <= 0:
