@@ -24,15 +24,16 @@ the one tolerance table and no override.
     lstm_cell, gru_cell batched or not, hx or not, bias or not
 
 Backends: "cpp" on every run. The Triton kernels run in Triton's interpreter on a CPU machine
-(seconds per case): only when PYKERNELS_FUZZ_TRITON_EXAMPLES > 0 (`make fuzz` runs a few, on
-smaller shapes); on a CUDA machine Triton-on-CUDA gets the same count as cpp.
+(about a second per case): only when PYKERNELS_FUZZ_TRITON_EXAMPLES > 0 (`make fuzz` runs 20 per
+op, on smaller shapes); on a CUDA machine Triton-on-CUDA gets the same count as cpp (not yet run
+on a GPU).
 
 Environment:
     PYKERNELS_FUZZ_EXAMPLES=n           cases per op, backend (default 15: the slice `make test` runs)
     PYKERNELS_FUZZ_TRITON_EXAMPLES=n    cases per op in the Triton interpreter (default 0: skipped)
     PYKERNELS_FUZZ_KEEP_GOING=1         run every case and count the mismatches instead of stopping
                                         at the first one and shrinking it (`make fuzz`); the test
-                                        then fails with the smallest failing case
+                                        then fails listing the failing cases, smallest first
     PYKERNELS_FUZZ_RANDOM=1             fresh cases every run (seed with --hypothesis-seed=N);
                                         otherwise derandomized: the same cases on every run (CI)
 At the end of the session a table gives, per op, backend and dtype, the cases run and the
@@ -549,10 +550,13 @@ def test_fuzz(op, backend):
             record(key, case, None, stopped=bool(failed) and not KEEP_GOING)
 
     fuzz()
-    if failed:  # keep-going mode: every case ran; report the smallest failing one
-        case, e = min(failed, key=lambda f: f[0].numel())
-        pytest.fail(f"{op}: {len(failed)} failing cases; the smallest:\n  {case!r}\n"
-                    f"  {type(e).__name__}: {e}", pytrace=False)
+    if failed:  # keep-going mode: every case ran; report them, smallest first
+        failed.sort(key=lambda f: f[0].numel())
+        lines = [f"{op}: {len(failed)} failing cases of {n}, smallest first:"]
+        for case, e in failed[:10]:
+            msg = "\n    ".join(f"{type(e).__name__}: {e}".splitlines()[:6])
+            lines.append(f"  {case!r}\n    {msg}")
+        pytest.fail("\n".join(lines), pytrace=False)
 
 
 
