@@ -16,8 +16,10 @@
 #include <pybind11/pybind11.h>
 
 #include <array>
+#include <cmath>
 #include <cstdint>
 
+#include "bind_check.h"
 #include "common.h"
 
 namespace py = pybind11;
@@ -34,6 +36,22 @@ template <typename T, size_t R>
 void set(T*& ptr, S (&dst)[R], P p, const std::array<S, R>& st) {
   ptr = reinterpret_cast<T*>(p);
   for (size_t i = 0; i < R; ++i) dst[i] = st[i];
+}
+
+// Sizes, mask kind, scale and dropout an attention call can have, and its operand pointers.
+void check_common(const char* fn, S B, S H, S N, S Sk, S D, S Dv, P q, P k, P v, P mask, int kind,
+                  double scale, double dropout_p) {
+  using namespace pk::check;
+  nonneg(fn, "B", B); nonneg(fn, "H", H); nonneg(fn, "N", N); nonneg(fn, "S", Sk);
+  nonneg(fn, "D", D); nonneg(fn, "Dv", Dv);
+  require(kind >= 0 && kind <= 2, fn, "mask kind must be 0 (none), 1 (bool) or 2 (additive)");
+  require(std::isfinite(scale), fn, "scale must be finite");
+  require(dropout_p >= 0.0 && dropout_p < 1.0, fn, "dropout_p must be in [0, 1)");
+  const bool work = B > 0 && H > 0 && N > 0 && Sk > 0;
+  pointer(fn, "q", q, work && D > 0);
+  pointer(fn, "k", k, work && D > 0);
+  pointer(fn, "v", v, work && Dv > 0);
+  pointer(fn, "mask", mask, work && kind != 0);
 }
 
 template <typename T>
@@ -62,6 +80,9 @@ void bind_attention(py::module_& m) {
            P q, S q0, S q1, S q2, S q3, P k, S k0, S k1, S k2, S k3, P v, S v0, S v1, S v2, S v3,
            P mask, int kind, S m0, S m1, S m2, S m3, bool causal, double scale, double dropout_p,
            uint64_t seed, P out, S o0, S o1, S o2, S o3, P lse, S l0, S l1, S l2) {
+          check_common("attention_forward", B, H, N, Sk, D, Dv, q, k, v, mask, kind, scale, dropout_p);
+          pk::check::pointer("attention_forward", "out", out, B > 0 && H > 0 && N > 0 && Dv > 0);
+          pk::check::pointer("attention_forward", "lse", lse, B > 0 && H > 0 && N > 0);
           auto run = [&](auto tag) {
             using T = decltype(tag);
             auto a = common_args<T>(B, H, N, Sk, D, Dv, q, {q0, q1, q2, q3}, k, {k0, k1, k2, k3}, v,
@@ -84,6 +105,12 @@ void bind_attention(py::module_& m) {
            P mask, int kind, S m0, S m1, S m2, S m3, bool causal, double scale, double dropout_p,
            uint64_t seed, P dq, S dq0, S dq1, S dq2, S dq3, P dk, S dk0, S dk1, S dk2, S dk3,
            P dv, S dv0, S dv1, S dv2, S dv3, P dmask, S dm0, S dm1, S dm2, S dm3) {
+          const char* fn = "attention_backward";
+          check_common(fn, B, H, N, Sk, D, Dv, q, k, v, mask, kind, scale, dropout_p);
+          const bool work = B > 0 && H > 0 && N > 0 && Sk > 0;
+          pk::check::pointer(fn, "out", out, work && Dv > 0);
+          pk::check::pointer(fn, "dout", dout, work && Dv > 0);
+          pk::check::pointer(fn, "lse", lse, work);
           auto run = [&](auto tag) {
             using T = decltype(tag);
             auto a = common_args<T>(B, H, N, Sk, D, Dv, q, {q0, q1, q2, q3}, k, {k0, k1, k2, k3}, v,

@@ -11,6 +11,7 @@
 #include <stdexcept>
 #include <string>
 
+#include "bind_check.h"
 #include "common.h"
 
 namespace py = pybind11;
@@ -77,7 +78,7 @@ template <typename T> const T* cptr(uintptr_t p) { return reinterpret_cast<const
 template <typename T> T* mptr(uintptr_t p) { return reinterpret_cast<T*>(p); }
 
 Act to_act(int a) {
-  if (a < 0 || a > 4) throw std::invalid_argument("activation code must be in 0..4");
+  pk::check::act("gemm", a);
   return static_cast<Act>(a);
 }
 
@@ -87,6 +88,14 @@ pk::GemmArgs<T> make_gemm(int64_t batch, int64_t M, int64_t N, int64_t K, uintpt
                           int64_t sb_n, uintptr_t c, int64_t sc_b, int64_t sc_m, int64_t sc_n,
                           uintptr_t bias, int64_t s_bias, int bias_dim, int act, uintptr_t preact,
                           int64_t sp_b, int64_t sp_m, int64_t sp_n, bool accumulate) {
+  const char* fn = "gemm_forward";
+  pk::check::nonneg(fn, "batch", batch); pk::check::nonneg(fn, "M", M); pk::check::nonneg(fn, "N", N);
+  pk::check::nonneg(fn, "K", K);
+  pk::check::require(bias_dim == 0 || bias_dim == 1, fn, "bias_dim must be 0 (bias along N) or 1 (along M)");
+  const bool work = batch > 0 && M > 0 && N > 0;
+  pk::check::pointer(fn, "c", c, work);
+  pk::check::pointer(fn, "a", a, work && K > 0);
+  pk::check::pointer(fn, "b", b, work && K > 0);
   return pk::GemmArgs<T>{batch, M, N, K, cptr<T>(a), sa_b, sa_m, sa_k, cptr<T>(b), sb_b, sb_k, sb_n,
                          mptr<T>(c), sc_b, sc_m, sc_n, cptr<T>(bias), s_bias, bias_dim, to_act(act),
                          mptr<T>(preact), sp_b, sp_m, sp_n, accumulate};
@@ -95,7 +104,7 @@ pk::GemmArgs<T> make_gemm(int64_t batch, int64_t M, int64_t N, int64_t K, uintpt
 }  // namespace
 
 PYBIND11_MODULE(_C, m) {
-  m.doc() = "pykernels C++ CPU kernels (raw pointers + strides; validated by the Python layer)";
+  m.doc() = "pykernels C++ CPU kernels (raw pointers + strides; sizes and pointers checked here, see bind_check.h)";
   g_isa = choose_isa();
 
   m.def("isa", [] { return std::string(g_isa.name); }, "The SIMD path chosen at import.");
@@ -146,6 +155,11 @@ PYBIND11_MODULE(_C, m) {
         [](bool fp64, int64_t M, int64_t N, uintptr_t dy, int64_t sdy_m, int64_t sdy_n,
            uintptr_t saved, int64_t ss_m, int64_t ss_n, int act, uintptr_t dz, int64_t sdz_m,
            int64_t sdz_n, uintptr_t dbias, int64_t s_dbias) {
+          const char* fn = "gemm_backward";
+          pk::check::nonneg(fn, "M", M); pk::check::nonneg(fn, "N", N);
+          const bool work = M > 0 && N > 0 && (dz != 0 || dbias != 0);
+          pk::check::pointer(fn, "dy", dy, work);
+          pk::check::pointer(fn, "saved", saved, work && dz != 0 && act != 0);
           if (fp64)
             g_isa.bwd_f64({M, N, cptr<double>(dy), sdy_m, sdy_n, cptr<double>(saved), ss_m, ss_n,
                            to_act(act), mptr<double>(dz), sdz_m, sdz_n, mptr<double>(dbias), s_dbias});

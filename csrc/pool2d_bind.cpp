@@ -20,6 +20,7 @@
 
 #include <cstdint>
 
+#include "bind_check.h"
 #include "common.h"
 
 namespace py = pybind11;
@@ -51,6 +52,25 @@ pk::Pool2dArgs<T> make(S N, S C, S H, S W, P in, S i0, S i1, S i2, S i3, S OH, S
     }                                                             \
   } while (0)
 
+// Sizes a pooling can have, and the pointers it reads / writes; ValueError otherwise.
+void sizes(const char* fn, S N, S C, S H, S W, S OH, S OW, P in, P out) {
+  using namespace pk::check;
+  nonneg(fn, "N", N); nonneg(fn, "C", C); nonneg(fn, "H", H); nonneg(fn, "W", W);
+  nonneg(fn, "OH", OH); nonneg(fn, "OW", OW);
+  const bool work = N > 0 && C > 0 && OH > 0 && OW > 0;
+  pointer(fn, "the input", in, work || (N > 0 && C > 0 && H > 0 && W > 0));
+  pointer(fn, "the output", out, work);
+  require(!work || (H > 0 && W > 0), fn, "H and W must be >= 1 when there is an output");
+}
+
+// A window a regular pooling can have (torch's rules: padding at most half the window).
+void window(const char* fn, int kH, int kW, int sH, int sW, int pH, int pW, int dH, int dW) {
+  using namespace pk::check;
+  positive(fn, "kH", kH); positive(fn, "kW", kW); positive(fn, "sH", sH); positive(fn, "sW", sW);
+  positive(fn, "dH", dH); positive(fn, "dW", dW); nonneg(fn, "pH", pH); nonneg(fn, "pW", pW);
+  require(2 * pH <= kH && 2 * pW <= kW, fn, "padding must be at most half the window (pH <= kH/2, pW <= kW/2)");
+}
+
 pk::PoolWindow regular(int kH, int kW, int sH, int sW, int pH, int pW, int dH, int dW, bool cip = true,
                        S div = 0) {
   return pk::PoolWindow{kH, kW, sH, sW, pH, pW, dH, dW, false, cip, div};
@@ -66,6 +86,8 @@ void bind_pool2d(py::module_& m) {
         [](bool fp64, S N, S C, S H, S W, P x, S sx0, S sx1, S sx2, S sx3, S OH, S OW, P out, S so0,
            S so1, S so2, S so3, P idx, S si0, S si1, S si2, S si3, int kH, int kW, int sH, int sW,
            int pH, int pW, int dH, int dW, bool idx32) {
+          sizes("max_pool2d_forward", N, C, H, W, OH, OW, x, out);
+          window("max_pool2d_forward", kH, kW, sH, sW, pH, pW, dH, dW);
           PK_POOL_RUN(max_pool2d_forward, fp64, N, C, H, W, x, sx0, sx1, sx2, sx3, OH, OW, out, so0, so1,
                       so2, so3, idx, si0, si1, si2, si3, idx32, regular(kH, kW, sH, sW, pH, pW, dH, dW));
         },
@@ -79,6 +101,7 @@ void bind_pool2d(py::module_& m) {
   m.def("adaptive_max_pool2d_forward",
         [](bool fp64, S N, S C, S H, S W, P x, S sx0, S sx1, S sx2, S sx3, S OH, S OW, P out, S so0,
            S so1, S so2, S so3, P idx, S si0, S si1, S si2, S si3, bool idx32) {
+          sizes("adaptive_max_pool2d_forward", N, C, H, W, OH, OW, x, out);
           PK_POOL_RUN(max_pool2d_forward, fp64, N, C, H, W, x, sx0, sx1, sx2, sx3, OH, OW, out, so0, so1,
                       so2, so3, idx, si0, si1, si2, si3, idx32, adaptive());
         },
@@ -91,6 +114,8 @@ void bind_pool2d(py::module_& m) {
   m.def("max_pool2d_backward",
         [](bool fp64, S N, S C, S H, S W, P gi, S sg0, S sg1, S sg2, S sg3, S OH, S OW, P go, S so0,
            S so1, S so2, S so3, P idx, S si0, S si1, S si2, S si3, bool idx32) {
+          sizes("max_pool2d_backward", N, C, H, W, OH, OW, go, gi);
+          pk::check::pointer("max_pool2d_backward", "idx", idx, N > 0 && C > 0 && OH > 0 && OW > 0);
           PK_POOL_RUN(max_pool2d_backward, fp64, N, C, H, W, gi, sg0, sg1, sg2, sg3, OH, OW, go, so0,
                       so1, so2, so3, idx, si0, si1, si2, si3, idx32, adaptive());
         },
@@ -103,6 +128,9 @@ void bind_pool2d(py::module_& m) {
   m.def("avg_pool2d_forward",
         [](bool fp64, S N, S C, S H, S W, P x, S sx0, S sx1, S sx2, S sx3, S OH, S OW, P out, S so0,
            S so1, S so2, S so3, int kH, int kW, int sH, int sW, int pH, int pW, bool cip, S div) {
+          sizes("avg_pool2d_forward", N, C, H, W, OH, OW, x, out);
+          window("avg_pool2d_forward", kH, kW, sH, sW, pH, pW, 1, 1);
+          pk::check::nonneg("avg_pool2d_forward", "div", div);
           PK_POOL_RUN(avg_pool2d_forward, fp64, N, C, H, W, x, sx0, sx1, sx2, sx3, OH, OW, out, so0, so1,
                       so2, so3, 0, 0, 0, 0, 0, false, regular(kH, kW, sH, sW, pH, pW, 1, 1, cip, div));
         },
@@ -111,6 +139,9 @@ void bind_pool2d(py::module_& m) {
   m.def("avg_pool2d_backward",
         [](bool fp64, S N, S C, S H, S W, P gi, S sg0, S sg1, S sg2, S sg3, S OH, S OW, P go, S so0,
            S so1, S so2, S so3, int kH, int kW, int sH, int sW, int pH, int pW, bool cip, S div) {
+          sizes("avg_pool2d_backward", N, C, H, W, OH, OW, go, gi);
+          window("avg_pool2d_backward", kH, kW, sH, sW, pH, pW, 1, 1);
+          pk::check::nonneg("avg_pool2d_backward", "div", div);
           PK_POOL_RUN(avg_pool2d_backward, fp64, N, C, H, W, gi, sg0, sg1, sg2, sg3, OH, OW, go, so0,
                       so1, so2, so3, 0, 0, 0, 0, 0, false, regular(kH, kW, sH, sW, pH, pW, 1, 1, cip, div));
         },
@@ -119,6 +150,7 @@ void bind_pool2d(py::module_& m) {
   m.def("adaptive_avg_pool2d_forward",
         [](bool fp64, S N, S C, S H, S W, P x, S sx0, S sx1, S sx2, S sx3, S OH, S OW, P out, S so0,
            S so1, S so2, S so3) {
+          sizes("adaptive_avg_pool2d_forward", N, C, H, W, OH, OW, x, out);
           PK_POOL_RUN(avg_pool2d_forward, fp64, N, C, H, W, x, sx0, sx1, sx2, sx3, OH, OW, out, so0, so1,
                       so2, so3, 0, 0, 0, 0, 0, false, adaptive());
         },
@@ -127,6 +159,7 @@ void bind_pool2d(py::module_& m) {
   m.def("adaptive_avg_pool2d_backward",
         [](bool fp64, S N, S C, S H, S W, P gi, S sg0, S sg1, S sg2, S sg3, S OH, S OW, P go, S so0,
            S so1, S so2, S so3) {
+          sizes("adaptive_avg_pool2d_backward", N, C, H, W, OH, OW, go, gi);
           PK_POOL_RUN(avg_pool2d_backward, fp64, N, C, H, W, gi, sg0, sg1, sg2, sg3, OH, OW, go, so0,
                       so1, so2, so3, 0, 0, 0, 0, 0, false, adaptive());
         },

@@ -17,6 +17,7 @@
 
 #include <cstdint>
 
+#include "bind_check.h"
 #include "common.h"
 
 namespace py = pybind11;
@@ -29,6 +30,17 @@ using P = uintptr_t;
 template <typename T> T* ptr(P p) { return reinterpret_cast<T*>(p); }
 
 // The arguments both passes share: sizes, x, the states, the weights, batch_sizes, ws.
+// Kind, sizes and the pointers every pass reads; ValueError otherwise.
+void check_common(const char* fn, int kind, S T_, S B, S I, S H, P x, P w_ih, P w_hh) {
+  using namespace pk::check;
+  require(kind == 0 || kind == 1, fn, "kind must be 0 (LSTM) or 1 (GRU)");
+  nonneg(fn, "T", T_); nonneg(fn, "B", B); nonneg(fn, "I", I); nonneg(fn, "H", H);
+  const bool work = T_ > 0 && B > 0 && H > 0;
+  pointer(fn, "x", x, work && I > 0);
+  pointer(fn, "w_ih", w_ih, work && I > 0);
+  pointer(fn, "w_hh", w_hh, work);
+}
+
 template <typename T>
 pk::RnnArgs<T> common(int kind, S T_, S B, S I, S H, bool reverse, P x, S x0, S x1, S x2, P h0, S h00, S h01, P c0,
                       S c00, S c01, P w_ih, S wi0, S wi1, P w_hh, S wh0, S wh1, P b_hh, S sbh, P batch_sizes, P ws) {
@@ -57,6 +69,8 @@ void bind_rnn(py::module_& m) {
         [](bool fp64, int kind, S T, S B, S I, S H, bool reverse, P x, S x0, S x1, S x2, P h0, S h00, S h01,
            P c0, S c00, S c01, P w_ih, S wi0, S wi1, P w_hh, S wh0, S wh1, P b_ih, S sbi, P b_hh, S sbh,
            P batch_sizes, P y, S y0, S y1, S y2, P hn, S hn0, S hn1, P cn, S cn0, S cn1, P ws) {
+          check_common("rnn_forward", kind, T, B, I, H, x, w_ih, w_hh);
+          pk::check::pointer("rnn_forward", "y", y, T > 0 && B > 0 && H > 0);
           auto run = [&](auto tag) {
             using Tp = decltype(tag);
             auto a = common<Tp>(kind, T, B, I, H, reverse, x, x0, x1, x2, h0, h00, h01, c0, c00, c01, w_ih, wi0, wi1,
@@ -77,6 +91,8 @@ void bind_rnn(py::module_& m) {
            P ws, P dy, S dy0, S dy1, S dy2, P dhn, S dhn0, S dhn1, P dcn, S dcn0, S dcn1, P dx, S dx0, S dx1,
            S dx2, P dh0, S dh00, S dh01, P dc0, S dc00, S dc01, P dw_ih, S dwi0, S dwi1, P dw_hh, S dwh0,
            S dwh1, P db_ih, S sdbi, P db_hh, S sdbh) {
+          check_common("rnn_backward", kind, T, B, I, H, x, w_ih, w_hh);
+          pk::check::pointer("rnn_backward", "ws", ws, T > 0 && B > 0 && H > 0);
           auto run = [&](auto tag) {
             using Tp = decltype(tag);
             auto a = common<Tp>(kind, T, B, I, H, reverse, x, x0, x1, x2, h0, h00, h01, c0, c00, c01, w_ih, wi0, wi1,

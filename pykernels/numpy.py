@@ -54,10 +54,17 @@ ValueError for wrong ranks or shapes (naming the argument and the expected shape
 parameters, misaligned arrays or a bad ``out``. Not supported: dropout_p > 0 without a seed
 (the backward must regenerate the same keep mask), double backward.
 
-Test: pytest tests/test_numpy.py
+CuPy arrays (a GPU): the same functions take them and return CuPy arrays, running the Triton
+kernels through the pykernels torch ops; the arrays are exchanged through DLPack with no copy
+(pykernels/_cupy.py says what differs: float16 too, no ``out=``). Mixing NumPy and CuPy arrays
+in one call raises TypeError naming the NumPy argument.
+
+Test: pytest tests/test_numpy.py tests/test_cupy.py
 """
 from __future__ import annotations
 
+import functools
+import inspect
 from typing import Optional, Tuple
 
 import numpy as np
@@ -90,6 +97,46 @@ __all__ = [
 ]
 
 _DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+
+
+# ---- the CuPy route -----------------------------------------------------------------------------
+_HOST_ARGS = ("batch_sizes",)  # host metadata in the torch ops too: NumPy is fine beside CuPy
+
+
+def _is_cupy(a) -> bool:
+    """A CuPy array, told by its type's module (cupy is not imported to ask)."""
+    return type(a).__module__.split(".", 1)[0] == "cupy"
+
+
+def _arrays(named):
+    """(name, value) for every array-like argument; the members of a tuple argument (LSTM's hx)
+    as name[i]."""
+    for name, value in named:
+        if isinstance(value, (tuple, list)):
+            yield from ((f"{name}[{i}]", v) for i, v in enumerate(value))
+        else:
+            yield name, value
+
+
+def _front(fn):
+    """Run fn on NumPy arrays, or its pykernels._cupy twin when an argument is a CuPy array.
+    Mixed NumPy / CuPy arrays raise TypeError naming the NumPy one."""
+    names = tuple(inspect.signature(fn).parameters)
+
+    @functools.wraps(fn)
+    def call(*args, **kwargs):
+        named = [(n, a) for n, a in zip(names, args) if n not in _HOST_ARGS]
+        named += [(n, a) for n, a in kwargs.items() if n not in _HOST_ARGS]
+        cupy_arg = next((n for n, a in _arrays(named) if _is_cupy(a)), None)
+        if cupy_arg is None:
+            return fn(*args, **kwargs)
+        for n, a in _arrays(named):
+            if isinstance(a, np.ndarray):
+                raise TypeError(f"{n} is a numpy.ndarray but {cupy_arg} is a CuPy array; pass arrays of one "
+                                "kind (cupy.asarray / cupy.asnumpy)")
+        from . import _cupy
+        return getattr(_cupy, fn.__name__)(*args, **kwargs)
+    return call
 _INDEX_DTYPES = (np.dtype(np.int64), np.dtype(np.int32))
 
 
@@ -210,6 +257,7 @@ def _check_linear(x, w, b, activation) -> int:
     return act
 
 
+@_front
 def linear(x: np.ndarray, w: np.ndarray, b: Optional[np.ndarray] = None,
            activation: Optional[str] = None, out: Optional[np.ndarray] = None) -> np.ndarray:
     """``act(x @ w.T + b)``: x ``[..., K]``, w ``[N, K]``, b ``[N]`` -> ``[..., N]``.
@@ -224,6 +272,7 @@ def linear(x: np.ndarray, w: np.ndarray, b: Optional[np.ndarray] = None,
     return y
 
 
+@_front
 def linear_backward(dy: np.ndarray, x: np.ndarray, w: np.ndarray, b: Optional[np.ndarray] = None,
                     activation: Optional[str] = None):
     """Gradients ``(dx, dw, db)`` of ``linear`` for the upstream gradient ``dy`` (``db`` is
@@ -271,6 +320,7 @@ def _check_matmul(a, b):
     return a2, b2, tuple(batch) + (a2.shape[-2], b2.shape[-1])
 
 
+@_front
 def matmul(a: np.ndarray, b: np.ndarray, out: Optional[np.ndarray] = None) -> np.ndarray:
     """``np.matmul(a, b)`` for float32/float64 arrays with >= 1 dim (batch dims broadcast)."""
     a2, b2, shape = _check_matmul(a, b)
@@ -284,6 +334,7 @@ def matmul(a: np.ndarray, b: np.ndarray, out: Optional[np.ndarray] = None) -> np
     return c
 
 
+@_front
 def matmul_backward(dc: np.ndarray, a: np.ndarray, b: np.ndarray):
     """Gradients ``(da, db)`` of ``matmul`` for the upstream gradient ``dc``."""
     a2, b2, shape = _check_matmul(a, b)
@@ -400,6 +451,7 @@ def _grad_image(dy, like_dtype, shape4, unbatched: bool, form: str) -> np.ndarra
     return dy[None] if unbatched else dy
 
 
+@_front
 def conv2d(x: np.ndarray, weight: np.ndarray, bias: Optional[np.ndarray] = None, stride=1, padding=0,
            dilation=1, groups: int = 1, activation: Optional[str] = None,
            out: Optional[np.ndarray] = None) -> np.ndarray:
@@ -418,6 +470,7 @@ def conv2d(x: np.ndarray, weight: np.ndarray, bias: Optional[np.ndarray] = None,
     return y
 
 
+@_front
 def conv2d_backward(dy: np.ndarray, x: np.ndarray, weight: np.ndarray, bias: Optional[np.ndarray] = None,
                     stride=1, padding=0, dilation=1, groups: int = 1, activation: Optional[str] = None):
     """Gradients ``(dx, dweight, dbias)`` of ``conv2d`` for the upstream gradient ``dy`` (its
@@ -460,6 +513,7 @@ def _conv_transpose_setup(x, weight, bias, stride, padding, output_padding, grou
     return x4, unbatched, g
 
 
+@_front
 def conv_transpose2d(x: np.ndarray, weight: np.ndarray, bias: Optional[np.ndarray] = None, stride=1,
                      padding=0, output_padding=0, groups: int = 1, dilation=1,
                      out: Optional[np.ndarray] = None) -> np.ndarray:
@@ -475,6 +529,7 @@ def conv_transpose2d(x: np.ndarray, weight: np.ndarray, bias: Optional[np.ndarra
     return y
 
 
+@_front
 def conv_transpose2d_backward(dy: np.ndarray, x: np.ndarray, weight: np.ndarray,
                               bias: Optional[np.ndarray] = None, stride=1, padding=0, output_padding=0,
                               groups: int = 1, dilation=1):
@@ -510,6 +565,7 @@ def _indices_out(shape4, like4, unbatched):
     return (idx4[0] if unbatched else idx4), idx4
 
 
+@_front
 def max_pool2d(x: np.ndarray, kernel_size, stride=None, padding=0, dilation=1, ceil_mode: bool = False,
                return_indices: bool = False, out: Optional[np.ndarray] = None):
     """torch.nn.functional.max_pool2d: ``out`` ``[N, C, OH, OW]`` (x ``[N, C, H, W]`` or
@@ -527,6 +583,7 @@ def max_pool2d(x: np.ndarray, kernel_size, stride=None, padding=0, dilation=1, c
     return (y, idx) if return_indices else y
 
 
+@_front
 def max_pool2d_backward(dy: np.ndarray, indices: np.ndarray, input_shape) -> np.ndarray:
     """dx ``input_shape`` of max_pool2d and adaptive_max_pool2d: zeros, plus each dy added at
     its indices (the forward's, int64 or int32, each in [0, H*W))."""
@@ -558,6 +615,7 @@ def _avg_window(kernel_size, stride, padding, divisor_override):
     return k, s, p, 0 if divisor_override is None else int(divisor_override)
 
 
+@_front
 def avg_pool2d(x: np.ndarray, kernel_size, stride=None, padding=0, ceil_mode: bool = False,
                count_include_pad: bool = True, divisor_override: Optional[int] = None,
                out: Optional[np.ndarray] = None) -> np.ndarray:
@@ -573,6 +631,7 @@ def avg_pool2d(x: np.ndarray, kernel_size, stride=None, padding=0, ceil_mode: bo
     return y
 
 
+@_front
 def avg_pool2d_backward(dy: np.ndarray, input_shape, kernel_size, stride=None, padding=0,
                         ceil_mode: bool = False, count_include_pad: bool = True,
                         divisor_override: Optional[int] = None) -> np.ndarray:
@@ -591,6 +650,7 @@ def avg_pool2d_backward(dy: np.ndarray, input_shape, kernel_size, stride=None, p
     return dx4[0] if unbatched else dx4
 
 
+@_front
 def adaptive_avg_pool2d(x: np.ndarray, output_size, out: Optional[np.ndarray] = None) -> np.ndarray:
     """torch.nn.functional.adaptive_avg_pool2d: window i = rows [floor(i*H/OH), ceil((i+1)*H/OH))."""
     x4, unbatched = _pool_input(x)
@@ -602,6 +662,7 @@ def adaptive_avg_pool2d(x: np.ndarray, output_size, out: Optional[np.ndarray] = 
     return y
 
 
+@_front
 def adaptive_avg_pool2d_backward(dy: np.ndarray, input_shape) -> np.ndarray:
     """dx ``input_shape`` of adaptive_avg_pool2d (dy ``[N, C, OH, OW]``: OH, OW from its shape)."""
     dy4, unbatched = _images("dy", dy, form="[N, C, OH, OW] or [C, OH, OW]")
@@ -616,6 +677,7 @@ def adaptive_avg_pool2d_backward(dy: np.ndarray, input_shape) -> np.ndarray:
     return dx4[0] if unbatched else dx4
 
 
+@_front
 def adaptive_max_pool2d(x: np.ndarray, output_size, return_indices: bool = False,
                         out: Optional[np.ndarray] = None):
     """torch.nn.functional.adaptive_max_pool2d: max_pool2d's rule over adaptive_avg_pool2d's windows."""
@@ -629,6 +691,7 @@ def adaptive_max_pool2d(x: np.ndarray, output_size, return_indices: bool = False
     return (y, idx) if return_indices else y
 
 
+@_front
 def adaptive_max_pool2d_backward(dy: np.ndarray, indices: np.ndarray, input_shape) -> np.ndarray:
     """dx ``input_shape`` of adaptive_max_pool2d: max_pool2d_backward (the same scatter)."""
     return max_pool2d_backward(dy, indices, input_shape)
@@ -694,6 +757,7 @@ def _seed(dropout_p: float, seed) -> int:
     return int(seed)
 
 
+@_front
 def attention(q: np.ndarray, k: np.ndarray, v: np.ndarray, attn_mask: Optional[np.ndarray] = None,
               is_causal: bool = False, scale: Optional[float] = None, dropout_p: float = 0.0,
               seed: Optional[int] = None, out: Optional[np.ndarray] = None) -> Tuple[np.ndarray, np.ndarray]:
@@ -743,6 +807,7 @@ def _sum_to(g: np.ndarray, shape) -> np.ndarray:
     return g.sum(axis=dims, keepdims=True) if dims else g
 
 
+@_front
 def attention_backward(dout: np.ndarray, q: np.ndarray, k: np.ndarray, v: np.ndarray, out: np.ndarray,
                        lse: np.ndarray, attn_mask: Optional[np.ndarray] = None, is_causal: bool = False,
                        scale: Optional[float] = None, dropout_p: float = 0.0, seed: Optional[int] = None):
@@ -912,6 +977,7 @@ def _backward(kind: int, dy, dhn, dcn, x, h0, c0, w_ih, w_hh, b_ih, b_hh, bs, re
     return grads
 
 
+@_front
 def lstm(x: np.ndarray, hx, w_ih: np.ndarray, w_hh: np.ndarray, b_ih: Optional[np.ndarray] = None,
          b_hh: Optional[np.ndarray] = None, reverse: bool = False, batch_sizes: Optional[np.ndarray] = None):
     """``(y, (hn, cn))``: one LSTM layer in one direction over the sequence (pykernels.ops.lstm).
@@ -926,6 +992,7 @@ def lstm(x: np.ndarray, hx, w_ih: np.ndarray, w_hh: np.ndarray, b_ih: Optional[n
     return y, (hn, cn)
 
 
+@_front
 def lstm_backward(dy: Optional[np.ndarray], dhn: Optional[np.ndarray], dcn: Optional[np.ndarray],
                   x: np.ndarray, hx, w_ih: np.ndarray, w_hh: np.ndarray, b_ih: Optional[np.ndarray] = None,
                   b_hh: Optional[np.ndarray] = None, reverse: bool = False,
@@ -937,6 +1004,7 @@ def lstm_backward(dy: Optional[np.ndarray], dhn: Optional[np.ndarray], dcn: Opti
     return tuple(_backward(_LSTM, dy, dhn, dcn, x, h0, c0, w_ih, w_hh, b_ih, b_hh, bs, reverse))
 
 
+@_front
 def gru(x: np.ndarray, hx: Optional[np.ndarray], w_ih: np.ndarray, w_hh: np.ndarray,
         b_ih: Optional[np.ndarray] = None, b_hh: Optional[np.ndarray] = None, reverse: bool = False,
         batch_sizes: Optional[np.ndarray] = None):
@@ -947,6 +1015,7 @@ def gru(x: np.ndarray, hx: Optional[np.ndarray], w_ih: np.ndarray, w_hh: np.ndar
     return y, hn
 
 
+@_front
 def gru_backward(dy: Optional[np.ndarray], dhn: Optional[np.ndarray], x: np.ndarray, hx: Optional[np.ndarray],
                  w_ih: np.ndarray, w_hh: np.ndarray, b_ih: Optional[np.ndarray] = None,
                  b_hh: Optional[np.ndarray] = None, reverse: bool = False,
@@ -982,6 +1051,7 @@ def _cell_grad(name: str, d, x3, H: int, unbatched: bool):
     return d[None] if unbatched else d
 
 
+@_front
 def lstm_cell(x: np.ndarray, hx, w_ih: np.ndarray, w_hh: np.ndarray, b_ih: Optional[np.ndarray] = None,
               b_hh: Optional[np.ndarray] = None):
     """``(h', c')``: one LSTM step (torch.nn.LSTMCell): x ``[B, I]`` (or ``[I]``, then the states
@@ -991,6 +1061,7 @@ def lstm_cell(x: np.ndarray, hx, w_ih: np.ndarray, w_hh: np.ndarray, b_ih: Optio
     return (hn[0], cn[0]) if unbatched else (hn, cn)
 
 
+@_front
 def lstm_cell_backward(dh: Optional[np.ndarray], dc: Optional[np.ndarray], x: np.ndarray, hx,
                        w_ih: np.ndarray, w_hh: np.ndarray, b_ih: Optional[np.ndarray] = None,
                        b_hh: Optional[np.ndarray] = None):
@@ -1006,6 +1077,7 @@ def lstm_cell_backward(dh: Optional[np.ndarray], dc: Optional[np.ndarray], x: np
     return (dx, dh0, dc0) + tuple(g[3:])
 
 
+@_front
 def gru_cell(x: np.ndarray, hx: Optional[np.ndarray], w_ih: np.ndarray, w_hh: np.ndarray,
              b_ih: Optional[np.ndarray] = None, b_hh: Optional[np.ndarray] = None) -> np.ndarray:
     """h': one GRU step (torch.nn.GRUCell): x ``[B, I]`` (or ``[I]``), hx None or ``[B, H]``."""
@@ -1014,6 +1086,7 @@ def gru_cell(x: np.ndarray, hx: Optional[np.ndarray], w_ih: np.ndarray, w_hh: np
     return hn[0] if unbatched else hn
 
 
+@_front
 def gru_cell_backward(dh: Optional[np.ndarray], x: np.ndarray, hx: Optional[np.ndarray], w_ih: np.ndarray,
                       w_hh: np.ndarray, b_ih: Optional[np.ndarray] = None, b_hh: Optional[np.ndarray] = None):
     """``(dx, dh, dw_ih, dw_hh, db_ih, db_hh)`` of ``gru_cell`` (see ``lstm_cell_backward``)."""

@@ -575,3 +575,57 @@ def test_autocast_cuda_pooling_keeps_the_input_dtype(region, gen):
         x = _r(gen, 2, 3, 9, 9).to("cuda", dtype)
         with torch.autocast("cuda", dtype=region):
             assert ops.max_pool2d(x, 2).dtype == dtype and ops.avg_pool2d(x, 2).dtype == dtype
+
+
+# ---- the C++ layer checks what it is given, even when called directly through pykernels._C -----
+def _c_calls():
+    """(name, call, what the message must name): each call has one value no tensor could have."""
+    from pykernels import _C
+    buf = torch.zeros(64)
+    p = buf.data_ptr()
+    conv = dict(N=1, C=2, H=4, W=4, K=2, R=3, S=3, OH=2, OW=2, groups=1, sH=1, sW=1, pH=0, pW=0, dH=1, dW=1)
+
+    def conv_fwd(**over):
+        g = {**conv, **over}
+        return lambda: _C.conv2d_forward(False, *g.values(), p, 32, 16, 4, 1, p, 18, 9, 3, 1, 0, 0, 0,
+                                         p, 8, 4, 2, 1, 0, 0, 0, 0, 0)
+
+    return [
+        ("conv2d N < 0", conv_fwd(N=-1), "N must be >= 0"),
+        ("conv2d stride 0", conv_fwd(sH=0), "sH must be >= 1"),
+        ("conv2d groups 3 of 2 channels", conv_fwd(groups=3), "groups must divide"),
+        ("conv2d null weight", lambda: _C.conv2d_forward(False, *conv.values(), p, 32, 16, 4, 1, 0, 18, 9, 3, 1,
+                                                         0, 0, 0, p, 8, 4, 2, 1, 0, 0, 0, 0, 0), "w is 0"),
+        ("conv2d act 9", lambda: _C.conv2d_forward(False, *conv.values(), p, 32, 16, 4, 1, p, 18, 9, 3, 1, 0, 0,
+                                                   9, p, 8, 4, 2, 1, 0, 0, 0, 0, 0), "act must be"),
+        ("max pool kernel 0", lambda: _C.max_pool2d_forward(False, 1, 1, 4, 4, p, 16, 16, 4, 1, 2, 2, p, 4, 4, 2,
+                                                            1, 0, 0, 0, 0, 0, 0, 2, 2, 2, 0, 0, 1, 1), "kH must be"),
+        ("max pool padding > half", lambda: _C.max_pool2d_forward(False, 1, 1, 4, 4, p, 16, 16, 4, 1, 2, 2, p, 4,
+                                                                  4, 2, 1, 0, 0, 0, 0, 0, 2, 2, 2, 2, 2, 2, 1, 1),
+         "padding must be at most half"),
+        ("avg pool null output", lambda: _C.avg_pool2d_forward(False, 1, 1, 4, 4, p, 16, 16, 4, 1, 2, 2, 0, 4, 4,
+                                                               2, 1, 2, 2, 2, 2, 0, 0, True, 0), "the output is 0"),
+        ("gemm M < 0", lambda: _C.gemm_forward(False, 1, -2, 2, 2, p, 0, 2, 1, p, 0, 2, 1, p, 0, 2, 1, 0, 0, 0, 0,
+                                               0, 0, 0, 0, False), "M must be >= 0"),
+        ("gemm bias_dim 5", lambda: _C.gemm_forward(False, 1, 2, 2, 2, p, 0, 2, 1, p, 0, 2, 1, p, 0, 2, 1, 0, 0, 5,
+                                                    0, 0, 0, 0, 0, False), "bias_dim"),
+        ("attention dropout 1", lambda: _C.attention_forward(False, 1, 1, 2, 2, 2, 2, p, 8, 8, 2, 1, p, 8, 8, 2, 1,
+                                                             p, 8, 8, 2, 1, 0, 0, 0, 0, 0, 0, False, 1.0, 1.0, 0,
+                                                             p, 8, 8, 2, 1, p, 4, 2, 1), "dropout_p"),
+        ("attention mask kind 7", lambda: _C.attention_forward(False, 1, 1, 2, 2, 2, 2, p, 8, 8, 2, 1, p, 8, 8, 2,
+                                                               1, p, 8, 8, 2, 1, p, 7, 0, 0, 2, 1, False, 1.0, 0.0,
+                                                               0, p, 8, 8, 2, 1, p, 4, 2, 1), "mask kind"),
+        ("rnn kind 5", lambda: _C.rnn_forward(False, 5, 2, 1, 2, 2, False, p, 2, 2, 1, 0, 0, 0, 0, 0, 0, p, 2, 1,
+                                              p, 2, 1, 0, 0, 0, 0, 0, p, 2, 2, 1, p, 2, 1, 0, 0, 0, 0),
+         "kind must be"),
+        ("rnn null w_hh", lambda: _C.rnn_forward(False, 1, 2, 1, 2, 2, False, p, 2, 2, 1, 0, 0, 0, 0, 0, 0, p, 2,
+                                                 1, 0, 2, 1, 0, 0, 0, 0, 0, p, 2, 2, 1, p, 2, 1, 0, 0, 0, 0),
+         "w_hh is 0"),
+    ]
+
+
+@pytest.mark.parametrize("case", range(14))
+def test_c_layer_rejects_impossible_arguments(case):
+    name, call, needle = _c_calls()[case]
+    with pytest.raises(ValueError, match=needle):
+        call()
