@@ -48,16 +48,7 @@ from .ops.attention import (_attention_backward_impl, _attention_impl, _check_op
                             _lse_dtype, _mask_view, _scalars)
 from .ops.pool2d import _max_pool2d_backward_impl
 
-__all__ = [
-    "linear", "linear_backward", "matmul", "matmul_backward",
-    "conv2d", "conv2d_backward", "conv_transpose2d", "conv_transpose2d_backward",
-    "max_pool2d", "max_pool2d_backward", "avg_pool2d", "avg_pool2d_backward",
-    "adaptive_avg_pool2d", "adaptive_avg_pool2d_backward", "adaptive_max_pool2d",
-    "adaptive_max_pool2d_backward",
-    "attention", "attention_backward",
-    "lstm", "lstm_backward", "gru", "gru_backward",
-    "lstm_cell", "lstm_cell_backward", "gru_cell", "gru_cell_backward",
-]
+from .numpy import __all__  # noqa: E402,F401  (the same functions as the NumPy front)
 
 
 # ---- the exchange: CuPy <-> torch through DLPack, no copy ---------------------------------------

@@ -73,8 +73,7 @@ from .ops import _strided as S
 from .ops._strided import View
 from .ops.attention import _scalars as _attention_scalars
 from .ops.attention import attention_backward_cpp, attention_forward_cpp
-from .ops.conv2d import (_channels, _check_bias, _conv_geom, _conv_padding, _groups, _positive, _tconv_args,
-                         _tconv_geom)
+from .ops.conv2d import _conv_args, _conv_geom, _tconv_args, _tconv_geom
 from .ops.conv2d import (conv2d_backward_bias_cpp, conv2d_backward_input_cpp, conv2d_backward_weight_cpp,
                          conv2d_forward_cpp)
 from .ops.gemm import (linear_backward_views, linear_forward_views, matmul_backward_views,
@@ -137,6 +136,8 @@ def _front(fn):
         from . import _cupy
         return getattr(_cupy, fn.__name__)(*args, **kwargs)
     return call
+
+
 _INDEX_DTYPES = (np.dtype(np.int64), np.dtype(np.int32))
 
 
@@ -428,16 +429,11 @@ def _conv_operands(x, weight, bias, transposed: bool) -> Tuple[np.ndarray, bool]
 def _conv_setup(x, weight, bias, stride, padding, dilation, groups):
     """(x [N, C, H, W], unbatched, the forward geometry) of conv2d, checked as the torch op does."""
     x4, unbatched = _conv_operands(x, weight, bias, transposed=False)
-    groups = _groups(groups)
-    s, d = _positive("stride", stride), _positive("dilation", dilation)
-    _channels(x4, weight, groups, transposed=False)
-    K, _, R, S_ = weight.shape
-    _check_bias(bias, K, "K")
-    pads = _conv_padding(padding, (R, S_), s, d)
+    groups, s, pads, d = _conv_args(x4, weight, bias, stride, padding, dilation, groups)
     g = _conv_geom(x4, weight, s, pads, d, groups)
     if g.OH <= 0 or g.OW <= 0:
         raise ValueError(f"output size ({g.OH}, {g.OW}) would be empty: x of size ({g.H}, {g.W}) padded by "
-                         f"(top, bottom, left, right) {pads} is smaller than weight's kernel {(R, S_)} "
+                         f"(top, bottom, left, right) {pads} is smaller than weight's kernel {tuple(weight.shape[2:])} "
                          f"with dilation {d}")
     return x4, unbatched, g
 

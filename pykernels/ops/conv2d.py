@@ -608,12 +608,8 @@ def conv2d(x: Tensor, weight: Tensor, bias: Optional[Tensor] = None, stride=1, p
     """
     act = S.activation_code(activation)
     x4, unbatched = _operands(x, weight, bias, transposed=False)
-    groups = _groups(groups)
-    s, d = _positive("stride", stride), _positive("dilation", dilation)
-    _channels(x4, weight, groups, transposed=False)
+    groups, s, pads, d = _conv_args(x4, weight, bias, stride, padding, dilation, groups)
     K, _, R, S_ = weight.shape
-    _check_bias(bias, K, "K")
-    pads = _conv_padding(padding, (R, S_), s, d)
     H, W = x4.shape[2], x4.shape[3]
     OH, OW = _conv_out(H, pads[0], pads[1], R, s[0], d[0]), _conv_out(W, pads[2], pads[3], S_, s[1], d[1])
     if OH <= 0 or OW <= 0:
@@ -630,6 +626,16 @@ def conv2d(x: Tensor, weight: Tensor, bias: Optional[Tensor] = None, stride=1, p
     else:
         out = _conv2d_impl(*args)[0]
     return out.squeeze(0) if unbatched else out
+
+
+def _conv_args(x4, weight, bias, stride, padding, dilation, groups):
+    """The checked arguments of a conv (torch tensors or NumPy arrays): (groups, stride pair,
+    padding (top, bottom, left, right), dilation pair)."""
+    groups = _groups(groups)
+    s, d = _positive("stride", stride), _positive("dilation", dilation)
+    _channels(x4, weight, groups, transposed=False)
+    _check_bias(bias, weight.shape[0], "K")
+    return groups, s, _conv_padding(padding, tuple(weight.shape[2:]), s, d), d
 
 
 def _tconv_args(x4, weight, bias, stride, padding, output_padding, groups, dilation):
