@@ -53,6 +53,7 @@ __all__ = [
     "RecordPykernelsCalls",
     "PassThrough",
     "opcheck_recorded",
+    "assert_all_rejected",
     "TWIN_TOLERANCES",
     "assert_twin_parity",
 ]
@@ -436,6 +437,21 @@ def opcheck_recorded(calls, aot_per_op=None):
             failures.append(f"{func._name}{shapes}: {type(e).__name__}: "
                             f"{str(e).splitlines()[0] if str(e) else ''}")
     assert not failures, "\n".join(failures)
+
+
+def assert_all_rejected(cases):
+    """Every (description, call, exception type, message pattern) raises as expected; fails once,
+    listing every call that did not."""
+    import pytest
+
+    failures = []
+    for desc, call, exc, pattern in cases:
+        try:
+            with pytest.raises(exc, match=pattern):
+                call()
+        except BaseException as e:  # noqa: BLE001 - report every failing case
+            failures.append(f"{desc}: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}")
+    assert not failures, f"{len(failures)} bad inputs not rejected as expected:\n" + "\n".join(failures)
 
 
 # ---- whole models: pykernels layers vs torch.nn layers with the same weights ---------------------
