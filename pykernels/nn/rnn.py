@@ -54,15 +54,15 @@ def _no_proj(module) -> None:
                                   "not supported; use proj_size=0")
 
 
-def _run_layers(module, kind: str, x: Tensor, h0: Optional[Tensor], c0: Optional[Tensor],
-                batch_sizes: Optional[Tensor]) -> Tuple[Tensor, Tensor, Optional[Tensor]]:
-    """All layers and directions over x [T, B, I] (any strides); h0 / c0 [L*D, B, H] or None.
-    Returns output [T, B, D*H], hn [L*D, B, H], cn (LSTM) [L*D, B, H]."""
+def _layers(module, x: Tensor, direction) -> Tuple[Tensor, List[Tensor]]:
+    """All layers and directions of an LSTM / GRU / RNN module over x [T, B, I], with torch's
+    inter-layer dropout. direction(x, k, w_ih, w_hh, b_ih, b_hh, reverse) runs layer-direction k
+    and returns (y [T, B, H], its final states as a tuple). Returns output [T, B, D*H] and each
+    final state stacked over the layer-directions, [L*D, B, H]."""
     D = 2 if module.bidirectional else 1
     weights = module._flat_weights
     per = len(weights) // (module.num_layers * D)     # 4 with biases, 2 without
-    hn: List[Tensor] = []
-    cn: List[Tensor] = []
+    finals = []
     for layer in range(module.num_layers):
         if layer and module.dropout and module.training:
             x = F.dropout(x, module.dropout, True)
@@ -70,17 +70,28 @@ def _run_layers(module, kind: str, x: Tensor, h0: Optional[Tensor], c0: Optional
         for d in range(D):
             k = layer * D + d
             w_ih, w_hh, b_ih, b_hh = (weights[k * per:(k + 1) * per] + [None, None])[:4]
-            h = None if h0 is None else h0[k]
-            if kind == "lstm":
-                y, (h, c) = ops.lstm(x, (h, None if c0 is None else c0[k]), w_ih, w_hh, b_ih, b_hh,
-                                     reverse=d == 1, batch_sizes=batch_sizes)
-                cn.append(c)
-            else:
-                y, h = ops.gru(x, h, w_ih, w_hh, b_ih, b_hh, reverse=d == 1, batch_sizes=batch_sizes)
+            y, states = direction(x, k, w_ih, w_hh, b_ih, b_hh, d == 1)
             outs.append(y)
-            hn.append(h)
+            finals.append(states)
         x = outs[0] if D == 1 else torch.cat(outs, 2)
-    return x, torch.stack(hn), (torch.stack(cn) if kind == "lstm" else None)
+    return x, [torch.stack(s) for s in zip(*finals)]
+
+
+def _run_layers(module, kind: str, x: Tensor, h0: Optional[Tensor], c0: Optional[Tensor],
+                batch_sizes: Optional[Tensor]) -> Tuple[Tensor, Tensor, Optional[Tensor]]:
+    """All layers and directions over x [T, B, I] (any strides); h0 / c0 [L*D, B, H] or None.
+    Returns output [T, B, D*H], hn [L*D, B, H], cn (LSTM) [L*D, B, H]."""
+    def direction(x, k, w_ih, w_hh, b_ih, b_hh, reverse):
+        h = None if h0 is None else h0[k]
+        if kind == "lstm":
+            y, (h, c) = ops.lstm(x, (h, None if c0 is None else c0[k]), w_ih, w_hh, b_ih, b_hh,
+                                 reverse=reverse, batch_sizes=batch_sizes)
+            return y, (h, c)
+        y, h = ops.gru(x, h, w_ih, w_hh, b_ih, b_hh, reverse=reverse, batch_sizes=batch_sizes)
+        return y, (h,)
+
+    out, states = _layers(module, x, direction)
+    return out, states[0], (states[1] if kind == "lstm" else None)
 
 
 def _unpack(packed_data: Tensor, batch_sizes: Tensor) -> Tensor:
@@ -336,22 +347,14 @@ class RNN(torch.nn.RNN):
     def _run_layers(self, x: Tensor, h0: Optional[Tensor], batch_sizes: Optional[List[int]]
                     ) -> Tuple[Tensor, Tensor]:
         """x [T, B, I], h0 [L*D, B, H] or None -> output [T, B, D*H], hn [L*D, B, H]."""
-        D = 2 if self.bidirectional else 1
-        weights = self._flat_weights
-        per = len(weights) // (self.num_layers * D)     # 4 with biases, 2 without
         relu = self.nonlinearity == "relu"
         if h0 is None:
+            D = 2 if self.bidirectional else 1
             h0 = x.new_zeros((self.num_layers * D, x.shape[1], self.hidden_size))
-        hn: List[Tensor] = []
-        for layer in range(self.num_layers):
-            if layer and self.dropout and self.training:
-                x = F.dropout(x, self.dropout, True)
-            outs = []
-            for d in range(D):
-                k = layer * D + d
-                w_ih, w_hh, b_ih, b_hh = (weights[k * per:(k + 1) * per] + [None, None])[:4]
-                y, h = _rnn_direction(x, h0[k], w_ih, w_hh, b_ih, b_hh, relu, d == 1, batch_sizes)
-                outs.append(y)
-                hn.append(h)
-            x = outs[0] if D == 1 else torch.cat(outs, 2)
-        return x, torch.stack(hn)
+
+        def direction(x, k, w_ih, w_hh, b_ih, b_hh, reverse):
+            y, h = _rnn_direction(x, h0[k], w_ih, w_hh, b_ih, b_hh, relu, reverse, batch_sizes)
+            return y, (h,)
+
+        out, (hn,) = _layers(self, x, direction)
+        return out, hn
