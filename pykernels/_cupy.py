@@ -44,8 +44,7 @@ import numpy as np
 import torch
 
 from . import ops
-from .ops.attention import (_attention_backward_impl, _attention_impl, _check_operands, _check_shapes,
-                            _lse_dtype, _mask_view, _scalars)
+from .ops.attention import _attention_backward_impl, _attention_impl, _lse_dtype, _operands4, _scalars
 from .ops.pool2d import _max_pool2d_backward_impl
 
 from .numpy import __all__  # noqa: E402,F401  (the same functions as the NumPy front)
@@ -303,26 +302,10 @@ def _seed_tensor(dropout_p: float, seed) -> Optional[torch.Tensor]:
     return torch.tensor(s, dtype=torch.int64)
 
 
-def _attention_operands(q, k, v, attn_mask):
-    """q, k, v as 4-D tensors, the mask as a [B, H, N, S] view (or None), whether q was 3-D:
-    checked by the torch op's own checks."""
-    _check_operands(q, k, v, attn_mask)
-    _check_shapes(q, k, v)
-    three = q.dim() == 3
-    q4, k4, v4 = (q.unsqueeze(1), k.unsqueeze(1), v.unsqueeze(1)) if three else (q, k, v)
-    B, H, N, _ = q4.shape
-    S = k4.shape[2]
-    mask = None
-    if attn_mask is not None:
-        mask = _mask_view(attn_mask, (B, N, S) if three else (B, H, N, S))
-        mask = mask.unsqueeze(1) if three else mask
-    return q4, k4, v4, mask, three
-
-
 def attention(q, k, v, attn_mask=None, is_causal=False, scale=None, dropout_p=0.0, seed=None, out=None):
     _no_out(out)
     q, k, v, m = _tensors(("q", q), ("k", k), ("v", v), ("attn_mask", attn_mask))
-    q4, k4, v4, mask, three = _attention_operands(q, k, v, m)
+    q4, k4, v4, mask, three = _operands4(q, k, v, m)
     causal, scale, dropout_p = _scalars(is_causal, scale, dropout_p, q.shape[-1])
     s = _seed_tensor(dropout_p, seed)
     with _on(q), torch.no_grad():
@@ -342,7 +325,7 @@ def attention_backward(dout, q, k, v, out, lse, attn_mask=None, is_causal=False,
                        seed=None):
     dout, q, k, v, out, lse, m = _tensors(("dout", dout), ("q", q), ("k", k), ("v", v), ("out", out),
                                           ("lse", lse), ("attn_mask", attn_mask))
-    q4, k4, v4, mask, three = _attention_operands(q, k, v, m)
+    q4, k4, v4, mask, three = _operands4(q, k, v, m)
     causal, scale, dropout_p = _scalars(is_causal, scale, dropout_p, q.shape[-1])
     s = _seed_tensor(dropout_p, seed)
     B, H, N, _ = q4.shape

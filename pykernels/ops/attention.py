@@ -344,6 +344,24 @@ def _scalars(is_causal, scale, dropout_p, D: int) -> Tuple[bool, float, float]:
 
 
 # ---- public function --------------------------------------------------------------------------
+
+def _operands4(q, k, v, attn_mask):
+    """Checked q, k, v as 4-D [B, H, *, *] tensors (a 3-D call gets H = 1), the mask as a
+    [B, H, N, S] view (or None), and whether q was 3-D."""
+    _check_operands(q, k, v, attn_mask)
+    _check_shapes(q, k, v)
+    three = q.dim() == 3
+    q4, k4, v4 = (q.unsqueeze(1), k.unsqueeze(1), v.unsqueeze(1)) if three else (q, k, v)
+    B, H, N, _ = q4.shape
+    S = k4.shape[2]
+    mask = None
+    if attn_mask is not None:
+        mask = _mask_view(attn_mask, (B, N, S) if three else (B, H, N, S))
+        if three:
+            mask = mask.unsqueeze(1)
+    return q4, k4, v4, mask, three
+
+
 def attention(q: Tensor, k: Tensor, v: Tensor, attn_mask: Optional[Tensor] = None, is_causal: bool = False,
               scale: Optional[float] = None, dropout_p: float = 0.0) -> Tensor:
     """``torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask, dropout_p, is_causal,
@@ -377,18 +395,8 @@ def attention(q: Tensor, k: Tensor, v: Tensor, attn_mask: Optional[Tensor] = Non
             broadcastable to the score shape; k, v or attn_mask on another device than q;
             dropout_p outside [0, 1); a non-finite scale.
     """
-    _check_operands(q, k, v, attn_mask)
-    _check_shapes(q, k, v)
+    q4, k4, v4, mask, three = _operands4(q, k, v, attn_mask)
     causal, scale, dropout_p = _scalars(is_causal, scale, dropout_p, q.shape[-1])
-    three = q.dim() == 3
-    q4, k4, v4 = (q.unsqueeze(1), k.unsqueeze(1), v.unsqueeze(1)) if three else (q, k, v)
-    B, H, N, _ = q4.shape
-    S = k4.shape[2]
-    mask = None
-    if attn_mask is not None:
-        mask = _mask_view(attn_mask, (B, N, S) if three else (B, H, N, S))
-        if three:
-            mask = mask.unsqueeze(1)
     # drawn from torch's default generator on every call (also under torch.compile)
     seed = torch.randint(0, 2 ** 62, (), dtype=torch.int64) if dropout_p > 0 else None
     args = (q4, k4, v4, mask, causal, scale, dropout_p, seed)
