@@ -101,6 +101,67 @@ pk::GemmArgs<T> make_gemm(int64_t batch, int64_t M, int64_t N, int64_t K, uintpt
                          mptr<T>(preact), sp_b, sp_m, sp_n, accumulate};
 }
 
+// ---- workspaces from the block cache, as DLPack capsules ------------------------------------
+// A kernel's workspace that lives from a forward to its backward (the RNN's saved gates) is a
+// torch tensor over a cached block: torch.from_dlpack takes the capsule, and when the tensor's
+// storage dies torch calls the deleter, which gives the block back to the cache (from whatever
+// thread frees it; no Python involved). DLPack's ABI, v0.x capsule protocol ("dltensor", renamed
+// "used_dltensor" by the consumer): only what a 1-D float CPU tensor needs.
+struct DLDevice { int32_t device_type; int32_t device_id; };
+struct DLDataType { uint8_t code; uint8_t bits; uint16_t lanes; };
+struct DLTensor {
+  void* data; DLDevice device; int32_t ndim; DLDataType dtype; int64_t* shape; int64_t* strides;
+  uint64_t byte_offset;
+};
+struct DLManagedTensor { DLTensor dl_tensor; void* manager_ctx; void (*deleter)(DLManagedTensor*); };
+
+struct Workspace {
+  DLManagedTensor m;
+  pk::CacheBlock block;
+  int64_t shape[1];
+};
+
+void workspace_deleter(DLManagedTensor* m) {
+  Workspace* w = static_cast<Workspace*>(m->manager_ctx);
+  pk::cache_release(w->block);
+  delete w;
+}
+
+void workspace_capsule_destructor(PyObject* cap) {  // a capsule never handed to a consumer
+  if (!PyCapsule_IsValid(cap, "dltensor")) return;
+  auto* m = static_cast<DLManagedTensor*>(PyCapsule_GetPointer(cap, "dltensor"));
+  if (m) m->deleter(m);
+}
+
+py::object workspace(int64_t numel, int itemsize) {
+  pk::check::require(numel >= 0, "workspace", "numel must be >= 0");
+  pk::check::require(itemsize == 4 || itemsize == 8, "workspace", "itemsize must be 4 (float32) or 8 (float64)");
+  auto* w = new Workspace{};
+  try {
+    w->block = pk::cache_acquire(static_cast<size_t>(numel) * itemsize);
+  } catch (...) {
+    delete w;
+    throw;
+  }
+  w->shape[0] = numel;
+  DLTensor& t = w->m.dl_tensor;
+  t.data = w->block.p;
+  t.device = DLDevice{1, 0};  // kDLCPU
+  t.ndim = 1;
+  t.dtype = DLDataType{2, static_cast<uint8_t>(8 * itemsize), 1};  // kDLFloat
+  t.shape = w->shape;
+  t.strides = nullptr;  // compact
+  t.byte_offset = 0;
+  w->m.manager_ctx = w;
+  w->m.deleter = workspace_deleter;
+  PyObject* cap = PyCapsule_New(&w->m, "dltensor", workspace_capsule_destructor);
+  if (!cap) {
+    workspace_deleter(&w->m);
+    throw py::error_already_set();
+  }
+  return py::reinterpret_steal<py::object>(cap);
+}
+
 }  // namespace
 
 PYBIND11_MODULE(_C, m) {
@@ -124,6 +185,12 @@ PYBIND11_MODULE(_C, m) {
   m.def("set_gemm_direct_mode", &pk::set_gemm_direct_mode, py::arg("mode"),
         "-1: small GEMMs skip packing (default); 0: always pack; 1: read A in place always.");
   m.def("thread_backend", [] { return std::string(pk::thread_backend()); });
+  m.def("workspace", &workspace, py::arg("numel"), py::arg("itemsize"),
+        "A DLPack capsule over a block of the block cache (numel floats of itemsize bytes, "
+        "contents undefined); the block goes back to the cache when the consumer frees it.");
+  m.def("empty_cache", &pk::cache_empty, "Frees the block cache's free blocks; returns the bytes freed.");
+  m.def("cached_bytes", &pk::cache_cached_bytes, "Bytes held in the block cache's free blocks.");
+  m.def("poison_cache", &pk::cache_poison, "Fills the block cache's free blocks with NaN (for tests).");
   m.def("fma_peak_gflops", [](int threads, const std::string& dtype) {
     if (dtype != "float32" && dtype != "float64")
       throw std::invalid_argument("dtype must be 'float32' or 'float64'");

@@ -5,6 +5,7 @@
 // separate namespaces pk::avx512, pk::avx2, pk::generic; bindings.cpp picks one at import.
 #pragma once
 
+#include <cstddef>
 #include <cstdint>
 #include <functional>
 #include <string>
@@ -57,6 +58,22 @@ const char* thread_backend();  // "host-openmp" or "pool"
 // Runs fn(task, thread) for task in [0, n_tasks); thread in [0, num_threads()).
 // Reentrant: if another Python thread is using the pool, the caller runs every task itself.
 void parallel_for(int64_t n_tasks, const std::function<void(int64_t, int)>& fn);
+
+// ---- memory (memory.cpp) -----------------------------------------------------------------
+// Asks for transparent huge pages on [p, p + bytes) before a kernel first writes it; nothing
+// under 16 MiB or with PYKERNELS_THP=0 (see memory.cpp).
+void prefer_huge_pages(const void* p, int64_t bytes);
+// The block cache (see memory.cpp): a block of at least `bytes` (its true size in .bytes), and
+// back; cache_empty frees the free blocks and returns their bytes. Thread-safe.
+struct CacheBlock {
+  void* p;
+  size_t bytes;
+};
+CacheBlock cache_acquire(size_t bytes);
+void cache_release(CacheBlock b);
+size_t cache_empty();
+size_t cache_cached_bytes();
+void cache_poison();  // NaN into every free block (for tests)
 
 // The ISA path chosen at import ("avx512", "avx2" or "generic"); per-op binding files
 // (e.g. pool2d_bind.cpp) dispatch on it with PK_ISA_CALL.

@@ -9,6 +9,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <new>
 
 #include "common.h"
 #include "isa.h"
@@ -56,7 +57,7 @@ struct CacheBlocks {
 };
 
 // Per-thread packing buffers: grown on demand, never shared between threads.
-// Slots: 0/1 GEMM A/B panels; conv2d.cpp uses 2.. for its own tables.
+// Slots: 0/1 GEMM A/B panels; conv2d.cpp and attention.cpp use 2..5 for their own tables.
 inline void* tls_buffer(int which, size_t bytes) {
   struct Buf {
     void* p = nullptr;
@@ -72,6 +73,33 @@ inline void* tls_buffer(int which, size_t bytes) {
   }
   return b.p;
 }
+
+// A call's scratch of n elements, contents undefined: 1 MiB and more from the block cache
+// (memory.cpp: big buffers keep their faulted-in pages from call to call), less from malloc.
+template <typename T>
+class Scratch {
+ public:
+  explicit Scratch(int64_t n) {
+    const size_t bytes = static_cast<size_t>(n > 0 ? n : 1) * sizeof(T);
+    if (bytes >= (size_t(1) << 20)) {
+      block_ = cache_acquire(bytes);
+    } else {
+      block_.p = std::malloc(bytes);
+      if (!block_.p) throw std::bad_alloc();
+      small_ = true;
+    }
+  }
+  ~Scratch() {
+    if (small_) std::free(block_.p); else cache_release(block_);
+  }
+  Scratch(const Scratch&) = delete;
+  Scratch& operator=(const Scratch&) = delete;
+  T* data() const { return static_cast<T*>(block_.p); }
+
+ private:
+  CacheBlock block_{nullptr, 0};
+  bool small_ = false;
+};
 
 // ---- activations -------------------------------------------------------------------------
 template <typename T> inline T act_scalar(Act a, T z) {

@@ -43,9 +43,6 @@
 // (fresh mmap'd pages fault 512x less often; see prefer_huge_pages).
 //
 // Test: pytest tests/test_pool2d.py -k cpp      Benchmark: python -m pykernels bench pool2d
-#include <sys/mman.h>
-#include <unistd.h>
-
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
@@ -205,29 +202,14 @@ template <typename T> T* scratch(int which, size_t n) {
   return b.data();
 }
 
-// Output buffers of 16 MiB and more come straight from mmap (glibc's threshold is at most 32 MiB),
-// so every call faults them in page by page: measured here (a VM) ~0.5 ms per MB, more than the
-// kernel itself (51 MB of indices: 24 ms of faults, 8 ms with huge pages). Before writing such a
-// buffer, ask for transparent huge pages on it (MADV_HUGEPAGE: a hint, a no-op where THP is off;
-// torch's own allocator does the same with THP_MEM_ALLOC_ENABLE=1). PYKERNELS_THP=0 turns it off.
+// The extent of a 4-D buffer in bytes (non-negative strides), for pk::prefer_huge_pages.
 template <typename P>
 void prefer_huge_pages(const P* p, int64_t n0, int64_t n1, int64_t n2, int64_t n3, const int64_t* st) {
-#if defined(MADV_HUGEPAGE)
-  static const bool enabled = [] {
-    const char* e = std::getenv("PYKERNELS_THP");
-    return !(e && e[0] == '0');
-  }();
-  static const uintptr_t page = uintptr_t(sysconf(_SC_PAGESIZE));
-  if (!enabled || p == nullptr || n0 * n1 * n2 * n3 == 0) return;
-  int64_t extent = 1;  // elements from the first to one past the last (non-negative strides)
+  if (n0 * n1 * n2 * n3 == 0) return;
+  int64_t extent = 1;  // elements from the first to one past the last
   const int64_t n[4] = {n0, n1, n2, n3};
   for (int d = 0; d < 4; ++d) extent += (n[d] - 1) * (st[d] > 0 ? st[d] : 0);
-  const int64_t bytes = extent * int64_t(sizeof(P));
-  if (bytes < (int64_t(16) << 20)) return;
-  const uintptr_t b = (reinterpret_cast<uintptr_t>(p) + page - 1) & ~(page - 1);
-  const uintptr_t e = (reinterpret_cast<uintptr_t>(p) + uintptr_t(bytes)) & ~(page - 1);
-  if (e > b) madvise(reinterpret_cast<void*>(b), e - b, MADV_HUGEPAGE);
-#endif
+  pk::prefer_huge_pages(p, extent * int64_t(sizeof(P)));
 }
 
 inline bool unit(int64_t size, int64_t stride) { return size <= 1 || stride == 1; }

@@ -384,8 +384,10 @@ void forward_impl(const RnnArgs<T>& a) {
   T* gates = a.ws ? p.gates(a.ws) : nullptr;  // saved for the backward (nothing without ws)
   T* cs = a.ws ? p.cs(a.ws) : nullptr;
   T* hs = a.ws ? p.hs(a.ws) : nullptr;
+  if (a.ws) prefer_huge_pages(a.ws, (p.hs(a.ws) + p.Tn * B * H - a.ws) * int64_t(sizeof(T)));
   std::vector<T> hbuf(a.ws ? 0 : 2 * B * H);  // without a workspace: a double-buffered h state
-  std::vector<T> wp(p.nch * (p.I + H) * p.G * L), state(2 * B * H);  // packed weights; c state, final h
+  Scratch<T> wp(p.nch * (p.I + H) * p.G * L);  // the packed weights
+  std::vector<T> state(2 * B * H);                            // c state, final h
   T* c_state = state.data();
   T* h_final = state.data() + B * H;
   pack_weights_forward(a, p, wp.data());
@@ -517,15 +519,20 @@ void backward_impl(const RnnArgs<T>& a) {
   const T* gates = p.gates(a.ws);
   const T* cs = p.cs(a.ws);
   const T* hs = p.hs(a.ws);
-  // dG of every step (inactive rows stay 0); GRU: the hidden part dGh apart (it differs in n)
-  std::vector<T> dgx(Tn * B * GH, T(0)), dgh(lstm ? 0 : Tn * B * GH, T(0));
-  T* dGx = dgx.data();
-  T* dGh = lstm ? dGx : dgh.data();
+  // dG of every step (the step's pass writes 0 in its inactive rows); GRU: the hidden part dGh
+  // apart (it differs in n)
+  Scratch<T> dg((lstm ? 1 : 2) * Tn * B * GH);
+  T* dGx = dg.data();
+  T* dGh = lstm ? dGx : dGx + Tn * B * GH;
+  // bias gradients, summed per chunk as the pass goes (a chunk is one thread's in any one step,
+  // and its sum runs over the steps and rows in one fixed order): [chunk][x | h part][gate][CW]
+  const bool want_db = a.db_ih || a.db_hh;
+  std::vector<T> dbias(want_db ? p.nchb * 2 * 4 * CW : 0, T(0));
   std::vector<T> carry(2 * B * H, T(0));
   // One step (the cells): no packing pass, whole chunks read W_hh in place (a ragged last chunk
   // or a transposed W_hh still goes through the packed copy).
   const bool in_place = Tn == 1 && a.swh[1] == 1;
-  std::vector<T> wq(in_place ? 0 : p.nchb * GH * CW);
+  Scratch<T> wq(in_place ? 0 : p.nchb * GH * CW);
   if (!in_place) pack_whh_backward(a, p, wq.data());
   auto w_chunk = [&](int64_t c, std::vector<T>& ragged) -> std::pair<const T*, int64_t> {
     if (!in_place) return {wq.data() + c * GH * CW, CW};
@@ -584,6 +591,17 @@ void backward_impl(const RnnArgs<T>& a) {
         }
       if (has_prev) recurrent(c, tp);
       const int64_t u_end = std::min<int64_t>(H, (c + 1) * CW);
+      T* dbx = want_db ? dbias.data() + c * 2 * 4 * CW : nullptr;  // this chunk's bias sums
+      T* dbh = want_db ? dbx + 4 * CW : nullptr;
+      auto sum_into = [&](T* acc, int64_t g, int64_t j0, V<T> v, int64_t nl) {
+        T* q = acc + g * CW + (j0 - c * CW);
+        vstore_n(q, vload_n(q, nl) + v, nl);
+      };
+      for (int64_t b = bs; b < B; ++b)  // rows inactive at t: no gradient
+        for (int64_t g = 0; g < p.G; ++g) {
+          std::memset(dGx + (t * B + b) * GH + g * H + c * CW, 0, (u_end - c * CW) * sizeof(T));
+          if (!lstm) std::memset(dGh + (t * B + b) * GH + g * H + c * CW, 0, (u_end - c * CW) * sizeof(T));
+        }
       for (int64_t b = 0; b < bs; ++b) {
         const T* gr = gates + (t * B + b) * GW;
         T* dx = dGx + (t * B + b) * GH;
@@ -603,10 +621,12 @@ void backward_impl(const RnnArgs<T>& a) {
               cp = load_s(a.c0 + b * a.sc0[0] + j0 * a.sc0[1], a.sc0[1], nl);
             const V<T> th = vtanh<T>(cc);
             const V<T> g_c = vload_n(dc + b * H + j0, nl) + g_h * o * (T(1) - th * th);
-            vstore_n(dx + j0, g_c * g * i * (T(1) - i), nl);
-            vstore_n(dx + H + j0, g_c * cp * f * (T(1) - f), nl);
-            vstore_n(dx + 2 * H + j0, g_c * i * (T(1) - g * g), nl);
-            vstore_n(dx + 3 * H + j0, g_h * th * o * (T(1) - o), nl);
+            const V<T> d[4] = {g_c * g * i * (T(1) - i), g_c * cp * f * (T(1) - f), g_c * i * (T(1) - g * g),
+                               g_h * th * o * (T(1) - o)};
+            for (int q = 0; q < 4; ++q) {
+              vstore_n(dx + q * H + j0, d[q], nl);
+              if (dbx) sum_into(dbx, q, j0, d[q], nl);
+            }
             vstore_n(dc + b * H + j0, g_c * f, nl);
           } else {
             const V<T> r = vload_n(gr + j0, nl), z = vload_n(gr + H + j0, nl);
@@ -615,12 +635,19 @@ void backward_impl(const RnnArgs<T>& a) {
             const V<T> g_an = g_h * (T(1) - z) * (T(1) - n * n);
             const V<T> g_r = g_an * hl * r * (T(1) - r);
             const V<T> g_z = g_h * (hprev - n) * z * (T(1) - z);
+            const V<T> dn = g_an * r;
             vstore_n(dx + j0, g_r, nl);
             vstore_n(dx + H + j0, g_z, nl);
             vstore_n(dx + 2 * H + j0, g_an, nl);
             vstore_n(dhh + j0, g_r, nl);
             vstore_n(dhh + H + j0, g_z, nl);
-            vstore_n(dhh + 2 * H + j0, g_an * r, nl);
+            vstore_n(dhh + 2 * H + j0, dn, nl);
+            if (dbx) {
+              sum_into(dbx, 0, j0, g_r, nl);
+              sum_into(dbx, 1, j0, g_z, nl);
+              sum_into(dbx, 2, j0, g_an, nl);
+              sum_into(dbh, 2, j0, dn, nl);
+            }
             vstore_n(dh + b * H + j0, g_h * z, nl);  // h' = ... + z h: the direct path
           }
         }
@@ -673,18 +700,17 @@ void backward_impl(const RnnArgs<T>& a) {
   }
   if (a.dw_hh)  // dW_hh = dGh^T h_prev over all (t, b)
     gemm(GH, H, TB, dGh, 1, GH, hs, H, 1, a.dw_hh, a.sdwh[0], a.sdwh[1]);
-  auto colsum = [&](const T* m, T* out, int64_t s_out) {
-    EpilogueBwdArgs<T> e{};
-    e.M = TB; e.N = GH;
-    e.dy = m; e.sdy_m = GH; e.sdy_n = 1;
-    e.saved = m; e.ss_m = GH; e.ss_n = 1;
-    e.act = Act::None;
-    e.dz = nullptr;
-    e.dbias = out; e.s_dbias = s_out;
-    gemm_backward(e);
-  };
-  if (a.db_ih) colsum(dGx, a.db_ih, a.sdbi);
-  if (a.db_hh) colsum(dGh, a.db_hh, a.sdbh);
+  // the bias gradients from the chunks' sums (LSTM: both are sum dG; GRU: r and z the same in both,
+  // n's x part sum dGx_n, its h part sum dGh_n)
+  for (int64_t c = 0; want_db && c < p.nchb; ++c)
+    for (int64_t g = 0; g < p.G; ++g)
+      for (int64_t u = 0; u < CW && c * CW + u < H; ++u) {
+        const T* s = dbias.data() + c * 2 * 4 * CW;
+        const int64_t n = g * H + c * CW + u;
+        const T vx = s[g * CW + u], vh = !lstm && g == 2 ? s[4 * CW + g * CW + u] : vx;
+        if (a.db_ih) a.db_ih[n * a.sdbi] = vx;
+        if (a.db_hh) a.db_hh[n * a.sdbh] = vh;
+      }
 }
 
 }  // namespace

@@ -48,6 +48,17 @@ def thread_backend() -> str:
     return _C.thread_backend()
 
 
+def empty_cache() -> int:
+    """Frees the free blocks of pykernels' host block cache and returns how many bytes that was.
+
+    The C++ kernels keep their large per-call buffers (the RNN's workspace and gate gradients)
+    in a cache, so that the next call finds their pages already faulted in; free blocks are kept
+    up to PYKERNELS_CACHE_MB (default 1024 MiB). Blocks still in use (a workspace an autograd graph
+    holds) are not touched.
+    """
+    return _C.empty_cache()
+
+
 _C.set_num_threads(max(1, _torch.get_num_threads()))
 if _os.environ.get("PYKERNELS_THREADS", "openmp") != "pool":
     _C.attach_host_openmp()
@@ -56,4 +67,4 @@ from . import ops, nn, reference  # noqa: E402  (the ops need _C configured firs
 from .convert import convert  # noqa: E402
 
 __all__ = ["ops", "nn", "reference", "convert", "backend", "current_backend", "set_num_threads",
-           "get_num_threads", "isa", "thread_backend", "__version__"]
+           "get_num_threads", "isa", "thread_backend", "empty_cache", "__version__"]

@@ -32,7 +32,7 @@ What is covered:
   * the cells (T = 1): batched, B = 1, unbatched [I], hx None.
   * the kernels themselves (C++ binding and Triton launchers, the SPEC entry points) on
     NaN-poisoned, strided outputs and workspace: every element written; C++ with 1 and 2
-    threads.
+    threads; C++ scratch reused from a NaN-poisoned block cache.
   * gradcheck in float64, torch.library.opcheck on pykernels::lstm / lstm_backward / gru /
     gru_backward with the arguments the public ops pass, the registered ops' autograd
     formulas (under a dispatch mode), torch.compile(fullgraph=True).
@@ -643,6 +643,22 @@ def test_cpp_threads_agree(backend, dtype, kind, gen):
             check_rnn(kind, backend, dtype, gen, 11, 9, 40, 37, packed=True)
     finally:
         pykernels.set_num_threads(saved)
+
+
+@pytest.mark.backends("cpp")
+@pytest.mark.parametrize("kind", ["lstm", "gru"])
+@pytest.mark.parametrize("packed", [False, True])
+def test_cpp_kernels_ignore_stale_cache_blocks(backend, dtype, kind, packed, gen):
+    # The workspace, the packed weights and the gate gradients (each >= 1 MiB at this size) come
+    # from the block cache (csrc/memory.cpp), reused from call to call: every element a kernel
+    # reads it must have written. The first call leaves its blocks in the cache, they are filled
+    # with NaN, and the second call (fresh inputs; packed: rows that skip steps) reuses them.
+    from pykernels import _C
+    T, B, I, H = 8, 16, 24, 512
+    check_rnn(kind, backend, dtype, gen, T, B, I, H, packed=packed)
+    assert _C.cached_bytes() >= T * B * GATES[kind] * H * dtype.itemsize
+    _C.poison_cache()
+    check_rnn(kind, backend, dtype, gen, T, B, I, H, packed=packed, reverse=packed)
 
 
 # ----------------------------------------------------------------------------------------------
