@@ -14,8 +14,10 @@
 //   per step one parallel pass over chunks of 4L units: first the recurrent GEMM of the step
 //   processed before (dh_prev = dG W_hh, rows active then), then the
 //   elementwise gate gradients of this step from the saved gates (dG, written to a [T, B, G*H]
-//   buffer). After the loop, three GEMMs over all steps: dx = dG W_ih, dW_ih = dG^T x,
-//   dW_hh = dGh^T h_prev, and the bias gradients as column sums.
+//   buffer), whose column sums (the bias gradients) the chunk adds up as it goes. After the loop,
+//   three GEMMs over all steps: dx = dG W_ih, dW_ih = dG^T x, dW_hh = dGh^T h_prev.
+// Memory: the packed weights and dG are Scratch (the block cache of memory.cpp: their pages are
+//   faulted in once, not on every call), and so is the workspace the ops layer passes in.
 // Workspace (index t = time): LSTM gates [T][B][4H] (i, f, g, o after the nonlinearity) | c [T][B][H]
 // | h_prev [T][B][H]; GRU gates [T][B][4H] (r, z, n, h W_hn^T + b_hn) | h_prev [T][B][H].
 // PackedSequence (batch_sizes): at time t only rows b < batch_sizes[t] are active; the others'

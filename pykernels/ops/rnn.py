@@ -25,7 +25,8 @@ itself one custom op (``pykernels::lstm_backward``, ``pykernels::gru_backward``)
 the gradients asked for. ws is the workspace the forward fills for the backward (the gates of
 every step, the backend's own layout: T*B*6*H elements for LSTM, T*B*5*H for GRU on the C++
 kernels); it is allocated only when a gradient will be needed (grad mode on and an input that
-requires grad), otherwise the kernels get none and save nothing. Saved for backward: x, h0, c0,
+requires grad), otherwise the kernels get none and save nothing; on the C++ kernels it is a tensor
+over a block of pykernels' block cache (``_cpu_workspace``). Saved for backward: x, h0, c0,
 the weights and biases, batch_sizes and ws (y, hn, cn are not kept). The backward op given an
 empty ws (the forward op called with need_ws=False) recomputes the forward to fill one.
 In eager mode on plain tensors the public functions call the implementation directly (through a
