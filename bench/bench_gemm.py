@@ -27,7 +27,7 @@ import pykernels
 import pykernels.nn
 import pykernels.ops
 
-from .common import run_cases, setup_run, PairTiming, Progress, Record, Stats, bench_pair, fma_peak_gflops, make_record, time_fn
+from .common import run_cases, setup_run, PairTiming, Record, Stats, bench_pair, fma_peak_gflops, make_record, time_fn
 
 OP = "gemm"
 

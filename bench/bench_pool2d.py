@@ -33,10 +33,9 @@ from typing import Callable, List, Tuple
 import torch
 import torch.nn.functional as F
 
-import pykernels
 import pykernels.ops as ops
 
-from .common import run_cases, setup_run, Progress, Record, bench_pair, copy_bandwidth_gbs, make_record
+from .common import run_cases, setup_run, Record, bench_pair, copy_bandwidth_gbs, make_record
 
 OP = "pool2d"
 

@@ -156,7 +156,7 @@ def attention_backward(dout, q, k, v, mask=None, causal=False, scale=None, keep=
     q, k, v, three = _qkv(q, k, v)
     scale = 1.0 / np.sqrt(q.shape[3]) if scale is None else _check_scale(scale)
     B, H, N, _ = q.shape
-    S, Dv = v.shape[2], v.shape[3]
+    Dv = v.shape[3]
     dout = np.asarray(dout, dtype=np.float64)
     if three:
         dout = dout[:, None]
