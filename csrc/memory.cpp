@@ -12,7 +12,8 @@
 // gives it back. Free blocks are kept up to PYKERNELS_CACHE_MB (default 1024) in all; a block
 // released past that is freed at once. cache_empty() frees every free block (pykernels.empty_cache());
 // cache_poison() fills them with NaN (tests: a kernel must not read what it did not write).
-// Thread-safe (one mutex; blocks are released from whatever thread frees the tensor holding one).
+// Thread-safe (one mutex; blocks are released from whatever thread frees the tensor holding one);
+// a forked child gets a fresh mutex.
 // Fresh blocks get MADV_HUGEPAGE (kept blocks then also cost fewer TLB misses).
 //
 // prefer_huge_pages: before a kernel first writes a buffer of 16 MiB or more that torch allocated,
@@ -25,6 +26,7 @@
 #include <mutex>
 #include <new>
 
+#include <pthread.h>
 #include <sys/mman.h>
 #include <unistd.h>
 
@@ -64,8 +66,20 @@ struct BlockCache {
   }();
 };
 
+BlockCache* g_cache = nullptr;
+
+// A fork() while another thread holds the lock would leave the child's copy of it locked
+// forever: the child starts with a fresh one (the free blocks it inherited stay usable).
+void reset_lock_in_child() {
+  if (g_cache) new (&g_cache->mu) std::mutex;
+}
+
 BlockCache& cache() {
-  static BlockCache* c = new BlockCache;  // never destroyed: tensors may release blocks at exit
+  static BlockCache* c = [] {
+    g_cache = new BlockCache;  // never destroyed: tensors may release blocks at exit
+    pthread_atfork(nullptr, nullptr, reset_lock_in_child);
+    return g_cache;
+  }();
   return *c;
 }
 

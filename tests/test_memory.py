@@ -7,7 +7,8 @@ of blocks that are kept when freed, so the next call finds their pages faulted i
     is the same block; a capsule never consumed gives its block back too;
   * pykernels.empty_cache() frees the free blocks only (a block in use stays valid);
   * PYKERNELS_CACHE_MB bounds the free blocks kept (0: nothing kept);
-  * bad arguments raise ValueError naming them; threads acquiring and freeing at once.
+  * bad arguments raise ValueError naming them; threads acquiring and freeing at once; a forked
+    child uses the cache.
 That the kernels never read a reused block's stale contents is in tests/test_rnn.py
 (test_cpp_kernels_ignore_stale_cache_blocks: the cache poisoned with NaN between two calls).
 
@@ -86,6 +87,24 @@ def test_cache_mb_bounds_what_is_kept():
 def test_workspace_rejects_bad_arguments(args, needle):
     with pytest.raises(ValueError, match=needle):
         _C.workspace(*args)
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_a_forked_child_can_use_the_cache():
+    held = _workspace(MiB)  # the cache is set up, and a block is in use, before the fork
+    del held
+    pid = os.fork()
+    if pid == 0:  # the child: no pytest and no torch ops (torch's OpenMP is not fork-safe)
+        code = 1
+        try:
+            cap = _C.workspace(MiB, 4)  # takes the lock, then gives the block back: takes it again
+            before = _C.cached_bytes()
+            del cap
+            code = 0 if _C.cached_bytes() >= before + 4 * MiB else 3
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0, status
 
 
 def test_threads_share_the_cache_safely():
