@@ -136,6 +136,7 @@ void workspace_capsule_destructor(PyObject* cap) {  // a capsule never handed to
 py::object workspace(int64_t numel, int itemsize) {
   pk::check::require(numel >= 0, "workspace", "numel must be >= 0");
   pk::check::require(itemsize == 4 || itemsize == 8, "workspace", "itemsize must be 4 (float32) or 8 (float64)");
+  pk::check::require(numel <= (int64_t(1) << 56) / itemsize, "workspace", "numel must be below 2^56 bytes / itemsize");
   auto* w = new Workspace{};
   try {
     w->block = pk::cache_acquire(static_cast<size_t>(numel) * itemsize);

@@ -90,6 +90,7 @@ void prefer_huge_pages(const void* p, int64_t bytes) {
 }
 
 CacheBlock cache_acquire(size_t bytes) {
+  if (bytes > (size_t(1) << 60)) throw std::bad_alloc();  // the rounding below must not wrap
   const size_t want = (std::max<size_t>(bytes, 1) + kBlockAlign - 1) / kBlockAlign * kBlockAlign;
   BlockCache& c = cache();
   {

@@ -83,7 +83,8 @@ def test_cache_mb_bounds_what_is_kept():
 
 @pytest.mark.parametrize("args, needle", [((-1, 4), "numel must be >= 0"),
                                           ((10, 2), "itemsize must be 4"),
-                                          ((10, 16), "itemsize must be 4")])
+                                          ((10, 16), "itemsize must be 4"),
+                                          ((1 << 62, 4), "numel must be below")])
 def test_workspace_rejects_bad_arguments(args, needle):
     with pytest.raises(ValueError, match=needle):
         _C.workspace(*args)
