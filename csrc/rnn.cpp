@@ -389,7 +389,7 @@ void forward_impl(const RnnArgs<T>& a) {
   if (a.ws) prefer_huge_pages(a.ws, (p.hs(a.ws) + p.Tn * B * H - a.ws) * int64_t(sizeof(T)));
   std::vector<T> hbuf(a.ws ? 0 : 2 * B * H);  // without a workspace: a double-buffered h state
   Scratch<T> wp(p.nch * (p.I + H) * p.G * L);  // the packed weights
-  std::vector<T> state(2 * B * H);                            // c state, final h
+  std::vector<T> state(2 * B * H);             // c state, final h
   T* c_state = state.data();
   T* h_final = state.data() + B * H;
   pack_weights_forward(a, p, wp.data());
@@ -527,9 +527,12 @@ void backward_impl(const RnnArgs<T>& a) {
   T* dGx = dg.data();
   T* dGh = lstm ? dGx : dGx + Tn * B * GH;
   // bias gradients, summed per chunk as the pass goes (a chunk is one thread's in any one step,
-  // and its sum runs over the steps and rows in one fixed order): [chunk][x | h part][gate][CW]
+  // and its sum runs over the steps and rows in one fixed order): each step's rows in T, added
+  // to a double total per step (as exact as the column sums in double they replace)
+  // [chunk][x | h part][gate][CW]
   const bool want_db = a.db_ih || a.db_hh;
-  std::vector<T> dbias(want_db ? p.nchb * 2 * 4 * CW : 0, T(0));
+  constexpr int64_t kDbChunk = 2 * 4 * CW;
+  std::vector<double> dbias(want_db ? p.nchb * kDbChunk : 0, 0.0);
   std::vector<T> carry(2 * B * H, T(0));
   // One step (the cells): no packing pass, whole chunks read W_hh in place (a ragged last chunk
   // or a transposed W_hh still goes through the packed copy).
@@ -593,8 +596,10 @@ void backward_impl(const RnnArgs<T>& a) {
         }
       if (has_prev) recurrent(c, tp);
       const int64_t u_end = std::min<int64_t>(H, (c + 1) * CW);
-      T* dbx = want_db ? dbias.data() + c * 2 * 4 * CW : nullptr;  // this chunk's bias sums
-      T* dbh = want_db ? dbx + 4 * CW : nullptr;
+      alignas(64) T step_db[kDbChunk];  // this chunk's bias sums over this step's rows
+      if (want_db) std::fill(step_db, step_db + kDbChunk, T(0));
+      T* dbx = want_db ? step_db : nullptr;
+      T* dbh = want_db ? step_db + 4 * CW : nullptr;
       auto sum_into = [&](T* acc, int64_t g, int64_t j0, V<T> v, int64_t nl) {
         T* q = acc + g * CW + (j0 - c * CW);
         vstore_n(q, vload_n(q, nl) + v, nl);
@@ -654,6 +659,8 @@ void backward_impl(const RnnArgs<T>& a) {
           }
         }
       }
+      if (want_db)
+        for (int64_t i = 0; i < kDbChunk; ++i) dbias[c * kDbChunk + i] += step_db[i];
     });
   }
   if (Tn > 0) {  // the first step's dG reaches h0 through W_hh
@@ -707,9 +714,9 @@ void backward_impl(const RnnArgs<T>& a) {
   for (int64_t c = 0; want_db && c < p.nchb; ++c)
     for (int64_t g = 0; g < p.G; ++g)
       for (int64_t u = 0; u < CW && c * CW + u < H; ++u) {
-        const T* s = dbias.data() + c * 2 * 4 * CW;
+        const double* s = dbias.data() + c * kDbChunk;
         const int64_t n = g * H + c * CW + u;
-        const T vx = s[g * CW + u], vh = !lstm && g == 2 ? s[4 * CW + g * CW + u] : vx;
+        const T vx = T(s[g * CW + u]), vh = !lstm && g == 2 ? T(s[4 * CW + g * CW + u]) : vx;
         if (a.db_ih) a.db_ih[n * a.sdbi] = vx;
         if (a.db_hh) a.db_hh[n * a.sdbh] = vh;
       }

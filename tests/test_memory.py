@@ -36,6 +36,7 @@ def _workspace(numel, dtype=torch.float32):
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_workspace_is_a_float_tensor_over_a_reused_block(dtype):
+    pykernels.empty_cache()  # no block of this size left by an earlier test: the reuse is this one
     n = 3 * MiB // dtype.itemsize + 5
     t = _workspace(n, dtype)
     assert t.shape == (n,) and t.dtype == dtype and t.device.type == "cpu" and t.is_contiguous()
@@ -51,8 +52,8 @@ def test_workspace_is_a_float_tensor_over_a_reused_block(dtype):
 
 
 def test_an_unconsumed_capsule_gives_its_block_back():
-    before = _C.cached_bytes()
     cap = _C.workspace(2 * MiB, 4)
+    before = _C.cached_bytes()  # after the acquire: it may have taken a cached block
     del cap
     assert _C.cached_bytes() >= before + 8 * MiB
 
