@@ -12,8 +12,10 @@
 // gives it back. Free blocks are kept up to PYKERNELS_CACHE_MB (default 1024) in all; a block
 // released past that is freed at once. cache_empty() frees every free block (pykernels.empty_cache());
 // cache_poison() fills them with NaN (tests: a kernel must not read what it did not write).
-// Thread-safe (one mutex; blocks are released from whatever thread frees the tensor holding one);
-// a forked child gets a fresh mutex.
+// Thread-safe (one mutex, held only for a map lookup or insert; blocks are released from whatever
+// thread frees the tensor holding one). A forked child inherits the free blocks and keeps using
+// them. (A pthread_atfork handler that gave the child a fresh mutex made torch.multiprocessing's
+// spawned DDP workers abort in tests/test_distributed.py, for reasons not found: removed.)
 // Fresh blocks get MADV_HUGEPAGE (kept blocks then also cost fewer TLB misses).
 //
 // prefer_huge_pages: before a kernel first writes a buffer of 16 MiB or more that torch allocated,
@@ -26,7 +28,6 @@
 #include <mutex>
 #include <new>
 
-#include <pthread.h>
 #include <sys/mman.h>
 #include <unistd.h>
 
@@ -66,20 +67,8 @@ struct BlockCache {
   }();
 };
 
-BlockCache* g_cache = nullptr;
-
-// A fork() while another thread holds the lock would leave the child's copy of it locked
-// forever: the child starts with a fresh one (the free blocks it inherited stay usable).
-void reset_lock_in_child() {
-  if (g_cache) new (&g_cache->mu) std::mutex;
-}
-
 BlockCache& cache() {
-  static BlockCache* c = [] {
-    g_cache = new BlockCache;  // never destroyed: tensors may release blocks at exit
-    pthread_atfork(nullptr, nullptr, reset_lock_in_child);
-    return g_cache;
-  }();
+  static BlockCache* c = new BlockCache;  // never destroyed: tensors may release blocks at exit
   return *c;
 }
 

@@ -93,7 +93,7 @@ def test_workspace_rejects_bad_arguments(args, needle):
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
 def test_a_forked_child_can_use_the_cache():
-    held = _workspace(MiB)  # the cache is set up, and a block is in use, before the fork
+    held = _workspace(MiB)  # the cache is set up before the fork
     del held
     pid = os.fork()
     if pid == 0:  # the child: no pytest and no torch ops (torch's OpenMP is not fork-safe)
