@@ -35,6 +35,7 @@ without a reason is an error.
 """
 
 import math
+import threading
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -536,3 +537,26 @@ def assert_twin_parity(model, twin, inputs, *, train=True, seed=0, tol=None, rea
             failures.append(f"{name}: max relative error {err:.3g} > {bound:.3g} (twin rms {rms:.3g})")
     assert not failures, f"{type(model).__name__} vs its torch.nn twin ({dtype}, train={train}):\n" + \
         "\n".join(failures)
+
+
+def in_threads(jobs):
+    """Runs each job (a callable without arguments) in its own thread, all released at once by a
+    barrier; returns their results in order and re-raises the first exception."""
+    barrier = threading.Barrier(len(jobs))
+    results, errors = [None] * len(jobs), []
+
+    def work(i, job):
+        try:
+            barrier.wait()
+            results[i] = job()
+        except BaseException as e:  # noqa: BLE001 - re-raised in the caller's thread
+            errors.append(e)
+
+    threads = [threading.Thread(target=work, args=(i, job)) for i, job in enumerate(jobs)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    if errors:
+        raise errors[0]
+    return results

@@ -8,7 +8,6 @@ Run: .venv/bin/python -m pytest tests/test_gemm.py -q
 """
 
 import math
-import threading
 
 import numpy as np
 import pytest
@@ -20,7 +19,7 @@ import pykernels.nn
 import pykernels.numpy as pknp
 import pykernels.ops as ops
 from pykernels import reference
-from helpers import Reference, assert_close, check_op, make_tensor, poison, to_numpy
+from helpers import Reference, assert_close, check_op, in_threads, make_tensor, poison, to_numpy
 
 ACTIVATIONS = [None, "relu", "gelu", "tanh", "sigmoid"]
 LINEAR = Reference(reference.linear_forward, reference.linear_backward)
@@ -476,27 +475,15 @@ def test_matmul_reentrant_from_threads(backend, gen):
     data = [(make_tensor(sa, torch.float32, gen), make_tensor(sb, torch.float32, gen))
             for sa, sb in shapes]
     want = [reference.matmul_forward(to_numpy(a), to_numpy(b)) for a, b in data]
-    start = threading.Barrier(len(data))
-    errors = []
 
     def work(i):
         a, b = data[i]
-        try:
-            start.wait()
-            with backend.context():
-                for _ in range(20):
-                    assert_close(ops.matmul(a, b), want[i], dtype=torch.float32, terms=90,
-                                 name=f"thread {i}")
-        except BaseException as e:  # noqa: BLE001 - re-raised in the main thread
-            errors.append(e)
+        with backend.context():
+            for _ in range(20):
+                assert_close(ops.matmul(a, b), want[i], dtype=torch.float32, terms=90,
+                             name=f"thread {i}")
 
-    threads = [threading.Thread(target=work, args=(i,)) for i in range(len(data))]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    if errors:
-        raise errors[0]
+    in_threads([lambda i=i: work(i) for i in range(len(data))])
 
 
 @pytest.mark.backends("cpp")

@@ -19,13 +19,13 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import threading
 
 import pytest
 import torch
 
 import pykernels
 from pykernels import _C
+from helpers import in_threads
 
 MiB = 1 << 20
 
@@ -110,25 +110,14 @@ def test_a_forked_child_can_use_the_cache():
 
 
 def test_threads_share_the_cache_safely():
-    errors = []
-
     def work(seed):
-        try:
-            g = torch.Generator().manual_seed(seed)
-            for i in range(40):
-                n = (1 + (seed + i) % 3) * MiB
-                t = _workspace(n)
-                v = torch.randn(n, generator=g)
-                t.copy_(v)
-                if not torch.equal(t, v):  # another thread wrote into this block
-                    errors.append(f"thread {seed} iteration {i}")
-                del t
-        except Exception as e:  # noqa: BLE001 - reported below
-            errors.append(repr(e))
+        g = torch.Generator().manual_seed(seed)
+        for i in range(40):
+            n = (1 + (seed + i) % 3) * MiB
+            t = _workspace(n)
+            v = torch.randn(n, generator=g)
+            t.copy_(v)
+            assert torch.equal(t, v), f"thread {seed} iteration {i}: another thread wrote into this block"
+            del t
 
-    threads = [threading.Thread(target=work, args=(s,)) for s in range(4)]
-    for th in threads:
-        th.start()
-    for th in threads:
-        th.join()
-    assert not errors, errors
+    in_threads([lambda s=s: work(s) for s in range(4)])

@@ -43,7 +43,7 @@ import torch.nn.functional as F
 
 import pykernels
 import pykernels.ops as ops
-from helpers import RecordPykernelsCalls, TOLERANCES, assert_close, make_tensor
+from helpers import RecordPykernelsCalls, TOLERANCES, assert_close, in_threads, make_tensor
 
 HAS_CUDA = torch.cuda.is_available()
 DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not HAS_CUDA, reason="no CUDA device"))]
@@ -146,29 +146,6 @@ def _assert_same(got, want, what):
                                  f"elements, max |diff| {d.max().item():.3e}")
 
 
-def _in_threads(jobs):
-    """Runs each job (a callable without arguments) in its own thread, all released at once by a
-    barrier; returns their results in order and re-raises the first exception."""
-    barrier = threading.Barrier(len(jobs))
-    results, errors = [None] * len(jobs), []
-
-    def work(i, job):
-        try:
-            barrier.wait()
-            results[i] = job()
-        except BaseException as e:  # noqa: BLE001 - re-raised in the caller's thread
-            errors.append(e)
-
-    threads = [threading.Thread(target=work, args=(i, job)) for i, job in enumerate(jobs)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    if errors:
-        raise errors[0]
-    return results
-
-
 @contextlib.contextmanager
 def _threads(n):
     old = pykernels.get_num_threads()
@@ -184,7 +161,7 @@ def _threads(n):
 def test_concurrent_calls_match_serial(case, seed):
     inputs = [case.make(torch.Generator().manual_seed(seed + i)) for i in range(4)]
     serial = [_run(case, inp) for inp in inputs]
-    got = _in_threads([lambda inp=inp: [_run(case, inp) for _ in range(3)] for inp in inputs])
+    got = in_threads([lambda inp=inp: [_run(case, inp) for _ in range(3)] for inp in inputs])
     for i, runs in enumerate(got):
         for r, result in enumerate(runs):
             _assert_same(result, serial[i], f"{case.name}, thread {i}, call {r}")
@@ -200,7 +177,7 @@ def check_mixed_concurrency(seed, n_threads=4):
     def job(shift):
         return [(j, _run(CASES[j], inputs[j])) for j in ((shift + k) % n for k in range(n))]
 
-    for t, runs in enumerate(_in_threads([lambda s=s: job(s * n // n_threads) for s in range(n_threads)])):
+    for t, runs in enumerate(in_threads([lambda s=s: job(s * n // n_threads) for s in range(n_threads)])):
         for j, result in runs:
             _assert_same(result, serial[j], f"{CASES[j].name} in thread {t} (mixed ops)")
 
