@@ -386,7 +386,6 @@ void forward_impl(const RnnArgs<T>& a) {
   T* gates = a.ws ? p.gates(a.ws) : nullptr;  // saved for the backward (nothing without ws)
   T* cs = a.ws ? p.cs(a.ws) : nullptr;
   T* hs = a.ws ? p.hs(a.ws) : nullptr;
-  if (a.ws) prefer_huge_pages(a.ws, (p.hs(a.ws) + p.Tn * B * H - a.ws) * int64_t(sizeof(T)));
   std::vector<T> hbuf(a.ws ? 0 : 2 * B * H);  // without a workspace: a double-buffered h state
   Scratch<T> wp(p.nch * (p.I + H) * p.G * L);  // the packed weights
   std::vector<T> state(2 * B * H);             // c state, final h
