@@ -468,6 +468,9 @@ _CELL_CASES = [  # (B or None for unbatched, I, H, hx given?, bias)
     (None, 6, 5, True, True),
     (None, 4, 3, False, True),
     (3, 7, 5, False, False),
+    # whole SIMD vectors of I and H (16 floats): the C++ one-step backward's fused path
+    (7, 80, 80, True, True),
+    (2, 16, 32, False, True),
 ]
 
 
