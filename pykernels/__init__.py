@@ -54,9 +54,11 @@ def empty_cache() -> int:
     The C++ kernels keep their large per-call buffers (the RNN's workspace and gate gradients)
     in a cache, so that the next call finds their pages already faulted in; free blocks are kept
     up to PYKERNELS_CACHE_MB (default 1024 MiB). Blocks still in use (a workspace an autograd graph
-    holds) are not touched.
+    holds) are not touched. The storage kept for large gradients (pykernels/ops/_outputs.py, up
+    to PYKERNELS_OUTPUT_POOL_MB, default 256 MiB) that no tensor uses any more is dropped too.
     """
-    return _C.empty_cache()
+    from .ops import _outputs
+    return _C.empty_cache() + _outputs.empty()
 
 
 _C.set_num_threads(max(1, _torch.get_num_threads()))

@@ -6,6 +6,8 @@
 * `backend` / `dtype`: a test that takes a `backend` argument runs once per Backend below (and,
   if it also takes `dtype`, once per dtype that backend supports). Restrict with
   @pytest.mark.backends("cpp", "reference") and/or @pytest.mark.dtypes(torch.float64).
+* PYKERNELS_POISON_OUTPUTS=1 (set here, before pykernels is imported): see
+  pykernels/ops/_outputs.py.
 * `gen`: a fresh torch.Generator per test, seeded from the test's id (reproducible, different
   for every test case). PYKERNELS_TEST_SEED=n shifts every seed.
 """
@@ -20,6 +22,9 @@ except Exception:  # pragma: no cover - torch is a hard dependency
     _HAS_CUDA = False
 if not _HAS_CUDA:
     os.environ["TRITON_INTERPRET"] = "1"
+# outputs on reused storage (pykernels/ops/_outputs.py) come NaN-filled: an element a kernel
+# skips cannot pass on an earlier call's value
+os.environ.setdefault("PYKERNELS_POISON_OUTPUTS", "1")
 
 import importlib.util  # noqa: E402
 import zlib  # noqa: E402

@@ -59,6 +59,7 @@ from torch import Tensor
 
 from .. import _C
 from .._backend import resolve, triton_kernels
+from ._outputs import new_output
 from .gemm import TORCH, _dtype_name, _eager, _np64
 
 __all__ = ["lstm", "gru", "lstm_cell", "gru_cell"]
@@ -215,13 +216,15 @@ def _backward(kind: int, dy: Optional[Tensor], dhn: Optional[Tensor], dcn: Optio
     flags; a flag of an argument given as None must be False)."""
     T, B, _ = x.shape
     nx, nh, nc, nwi, nwh, nbi, nbh = needs
-    grads = [x.new_empty(x.shape) if nx else None,
-             x.new_empty(h0.shape) if nh else None,
-             x.new_empty(c0.shape) if nc and kind == _LSTM else None,
-             x.new_empty(w_ih.shape) if nwi else None,
-             x.new_empty(w_hh.shape) if nwh else None,
-             x.new_empty(b_ih.shape) if nbi else None,
-             x.new_empty(b_hh.shape) if nbh else None]
+    # on storage kept between calls (_outputs): a fresh 1 MiB weight gradient can cost as much to
+    # fault in as a cell's whole backward
+    grads = [new_output(x.shape, x) if nx else None,
+             new_output(h0.shape, x) if nh else None,
+             new_output(c0.shape, x) if nc and kind == _LSTM else None,
+             new_output(w_ih.shape, x) if nwi else None,
+             new_output(w_hh.shape, x) if nwh else None,
+             new_output(b_ih.shape, x) if nbi else None,
+             new_output(b_hh.shape, x) if nbh else None]
     dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh = grads
     if T == 0 or B == 0:  # no step: the state's gradient passes through, nothing reaches the weights
         for g in (dw_ih, dw_hh, db_ih, db_hh):
