@@ -16,6 +16,9 @@
 //   elementwise gate gradients of this step from the saved gates (dG, written to a [T, B, G*H]
 //   buffer), whose column sums (the bias gradients) the chunk adds up as it goes. After the loop,
 //   three GEMMs over all steps: dx = dG W_ih, dW_ih = dG^T x, dW_hh = dGh^T h_prev.
+//   One step (the cells, with whole vectors of I and H): no GEMM passes; each chunk's task
+//   makes the dW rows of its gate rows right after its dG, and dx = dG W_ih reads W_ih in place
+//   in the pass that makes dh0 (see one_step).
 // Memory: the packed weights and dG are Scratch (the block cache of memory.cpp: their pages are
 //   faulted in once, not on every call), and so is the workspace the ops layer passes in.
 // Workspace (index t = time): LSTM gates [T][B][4H] (i, f, g, o after the nonlinearity) | c [T][B][H]
@@ -196,7 +199,8 @@ void fused_rows(int64_t m, const T* a1, int64_t a1_si, int64_t a1_sk, int64_t k1
 // side by side, first W_ih's I columns, then W_hh's H:
 // wp[c][k][g*L + l] = W_ih[g*H + c*L + l][k] (k < I), W_hh[...][k - I] (k >= I); 0 past H.
 // The L rows of a gate advance together, one packed vector per k (as gemm's pack_b): a row at
-// a time instead writes every cache line of the panel once per unit (~3x slower at H = 256).
+// a time instead writes every cache line of the panel once per unit (1.35x slower with two
+// threads at I = H = 256, 1.5x with one).
 template <typename T>
 void pack_weights_forward(const RnnArgs<T>& a, const Plan<T>& p, T* wp) {
   constexpr int L = lanes<T>();
