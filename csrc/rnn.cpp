@@ -231,10 +231,31 @@ void pack_weights_forward(const RnnArgs<T>& a, const Plan<T>& p, T* wp) {
 // the vector dimension: acc[u][slot][v] = sum_k W[g*H + j_u][k] * z[k][v*L : v*L + L] over
 // z = [x ; h0] (packed transposed once, (I + H) x B values). Slots: LSTM i, f, g, o over both
 // parts; GRU r, z over both, n's x part and h part apart (torch keeps b_hn inside r * (...)).
+// One part's k loop: SKIP is the slot the part does not feed (-1: none), a template argument so
+// that the loop has no branch in it (a runtime test there ran the cells' forward ~20% slower).
+template <typename T, int GS, int U, int NV, int SKIP>
+inline void cell_part(int64_t K, const T* const (&rows)[U][GS], int64_t wc, const T* z, int64_t zld,
+                      V<T> (&acc)[U][GS][NV]) {
+  constexpr int L = lanes<T>();
+  for (int64_t k = 0; k < K; ++k) {
+    V<T> zv[NV];
+#pragma GCC unroll 4
+    for (int v = 0; v < NV; ++v) zv[v] = vload(z + k * zld + v * L);
+#pragma GCC unroll 4
+    for (int u = 0; u < U; ++u)
+#pragma GCC unroll 4
+      for (int g = 0; g < GS; ++g) {
+        if (g == SKIP) continue;
+        const V<T> wv = vbcast(rows[u][g][k * wc]);
+#pragma GCC unroll 4
+        for (int v = 0; v < NV; ++v) acc[u][g][v] += wv * zv[v];
+      }
+  }
+}
+
 template <typename T, int GS, int U, int NV>
 inline void cell_tile(const RnnArgs<T>& a, const Plan<T>& p, int64_t j0, int64_t nu, const T* zt,
                       int64_t zld, V<T> (&acc)[U][GS][NV]) {
-  constexpr int L = lanes<T>();
   const bool lstm = p.kind == kLstm;
 #pragma GCC unroll 4
   for (int u = 0; u < U; ++u)
@@ -260,21 +281,13 @@ inline void cell_tile(const RnnArgs<T>& a, const Plan<T>& p, int64_t j0, int64_t
         rows[u][g] = w + (gate * p.H + j) * wr;
       }
     }
-    const bool gru_nx = !lstm && part == 1, gru_nh = !lstm && part == 0;  // slots skipped
-    for (int64_t k = 0; k < K; ++k) {
-      V<T> zv[NV];
-#pragma GCC unroll 4
-      for (int v = 0; v < NV; ++v) zv[v] = vload(z + k * zld + v * L);
-#pragma GCC unroll 4
-      for (int u = 0; u < U; ++u)
-#pragma GCC unroll 4
-        for (int g = 0; g < GS; ++g) {
-          if ((g == 2 && gru_nx) || (g == 3 && gru_nh)) continue;
-          const V<T> wv = vbcast(rows[u][g][k * wc]);
-#pragma GCC unroll 4
-          for (int v = 0; v < NV; ++v) acc[u][g][v] += wv * zv[v];
-        }
-    }
+    // GRU: the x part feeds no slot 3, the h part no slot 2
+    if (lstm)
+      cell_part<T, GS, U, NV, -1>(K, rows, wc, z, zld, acc);
+    else if (part == 0)
+      cell_part<T, GS, U, NV, 3>(K, rows, wc, z, zld, acc);
+    else
+      cell_part<T, GS, U, NV, 2>(K, rows, wc, z, zld, acc);
   }
 }
 
