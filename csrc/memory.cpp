@@ -14,8 +14,9 @@
 // cache_poison() fills them with NaN (tests: a kernel must not read what it did not write).
 // Thread-safe (one mutex, held only for a map lookup or insert; blocks are released from whatever
 // thread frees the tensor holding one). A forked child inherits the free blocks and keeps using
-// them. (A pthread_atfork handler that gave the child a fresh mutex made torch.multiprocessing's
-// spawned DDP workers abort in tests/test_distributed.py, for reasons not found: removed.)
+// them. (A pthread_atfork handler that gave the child a fresh mutex was removed when spawned DDP
+// workers aborted in tests/test_distributed.py; those aborts later turned out to be torch's own
+// exit-time teardown, seen without pykernels too: see that test's docstring.)
 // Fresh blocks get MADV_HUGEPAGE (kept blocks then also cost fewer TLB misses).
 //
 // prefer_huge_pages: before a kernel first writes a buffer of 16 MiB or more that torch allocated,
