@@ -232,7 +232,7 @@ void pack_weights_forward(const RnnArgs<T>& a, const Plan<T>& p, T* wp) {
 // z = [x ; h0] (packed transposed once, (I + H) x B values). Slots: LSTM i, f, g, o over both
 // parts; GRU r, z over both, n's x part and h part apart (torch keeps b_hn inside r * (...)).
 // One part's k loop: SKIP is the slot the part does not feed (-1: none), a template argument so
-// that the loop has no branch in it (a runtime test there ran the cells' forward ~20% slower).
+// that the loop has no branch in it (a runtime test there ran the cells' forward 4-8% slower).
 template <typename T, int GS, int U, int NV, int SKIP>
 inline void cell_part(int64_t K, const T* const (&rows)[U][GS], int64_t wc, const T* z, int64_t zld,
                       V<T> (&acc)[U][GS][NV]) {
@@ -584,7 +584,16 @@ void backward_impl(const RnnArgs<T>& a) {
     for (int64_t gk = 0; gk < GH; ++gk) std::memcpy(ragged.data() + gk * CW, a.w_hh + gk * a.swh[0] + c * CW, nu * sizeof(T));
     return {ragged.data(), CW};
   };
+  // C[rows][nvec vectors] (=, or += when !zero) = A[rows][G*H] W[G*H][...], A's rows GH apart:
+  // k (= the G*H gate rows) in blocks of kBlockK, so that the block of W (kBlockK x 4L) stays in
+  // L1/L2 while every row tile streams past it
   constexpr int64_t kBlockK = 256;
+  auto times_gate_rows = [&](int64_t rows, const T* A, const T* W, int64_t ldw, int64_t nvec, T* C, int64_t ldc,
+                             bool zero) {
+    for (int64_t k0 = 0; k0 < GH; k0 += kBlockK)
+      gemm_rows<T>(rows, std::min<int64_t>(kBlockK, GH - k0), A + k0, GH, 1, W + k0 * ldw, ldw, nvec, C, ldc,
+                   k0 == 0 && zero ? kZero : kLoad);
+  };
   T* dh = carry.data();      // gradient reaching each row's h state from later steps
   T* dc = dh + B * H;        // ... and its c state (LSTM)
   for (int64_t b = 0; b < B; ++b)
@@ -608,13 +617,9 @@ void backward_impl(const RnnArgs<T>& a) {
       dst = tmp.data();
       ld = CW;
     }
-    // k (= the G*H gate rows) in blocks of kBlockK: the chunk's block of W_hh (256 x 4L) stays
-    // in L1/L2 while every row tile of the batch streams past it
     std::vector<T> ragged_w;
     const auto w = w_chunk(c, ragged_w);
-    for (int64_t k0 = 0; k0 < GH; k0 += kBlockK)
-      gemm_rows<T>(rows, std::min<int64_t>(kBlockK, GH - k0), dGh + t * B * GH + k0, GH, 1, w.first + k0 * w.second,
-                   w.second, nvec, dst, ld, k0 == 0 && lstm ? kZero : kLoad);
+    times_gate_rows(rows, dGh + t * B * GH, w.first, w.second, nvec, dst, ld, lstm);
     if (ragged)
       for (int64_t b = 0; b < rows; ++b) std::memcpy(dh + b * H + u0, tmp.data() + b * CW, nu * sizeof(T));
   };
@@ -718,9 +723,7 @@ void backward_impl(const RnnArgs<T>& a) {
     parallel_for(nh + ni, [&](int64_t task, int) {
       if (task < nh) return recurrent(task, 0);
       const int64_t i0 = (task - nh) * CW, nvec = (std::min<int64_t>(p.I, i0 + CW) - i0) / L;
-      for (int64_t k0 = 0; k0 < GH; k0 += kBlockK)
-        gemm_rows<T>(B, std::min<int64_t>(kBlockK, GH - k0), dGx + k0, GH, 1, a.w_ih + k0 * a.swi[0] + i0,
-                     a.swi[0], nvec, a.dx + i0, a.sdx[1], k0 == 0 ? kZero : kLoad);
+      times_gate_rows(B, dGx, a.w_ih + i0, a.swi[0], nvec, a.dx + i0, a.sdx[1], true);
     });
   }
   for (int64_t b = 0; b < B; ++b)
